@@ -1,0 +1,448 @@
+//! Command-line definitions (clap) and their validation into a [`Config`].
+//! Usage errors stop here, before any I/O.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Url;
+
+use crate::cloud::Cloud;
+
+/// Default directory for token files when `--token-file` is not given.
+pub const DEFAULT_TOKEN_DIR: &str = "/run/coder-agent-auth";
+/// Default total deadline for retrying transient failures.
+pub const DEFAULT_TIMEOUT: &str = "5m";
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success: the token was stored (or the command was started)
+  1  unexpected internal error
+  2  usage or configuration error (nothing was sent)
+  3  ambiguous: several agents share this instance; the names are printed on stdout
+  4  rejected by Coder (bad identity, unknown agent name, unusable answer)
+  5  no cloud identity available (no cloud detected, metadata service refused, AWS disabled)
+  6  the deadline passed while retrying transient failures (the last error is shown)
+  7  the token could not be stored
+  130/143  interrupted by SIGINT/SIGTERM (no token file is left behind)
+
+Examples:
+  coder-agent-auth --url https://coder.example.com --auth aws --agent-name main
+  coder-agent-auth --auth gcp --token-file - | my-tool
+  coder-agent-auth --agent-name dev -- coder agent";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coder-agent-auth",
+    version,
+    about = "Exchange this VM's signed cloud instance identity for a Coder workspace-agent session token",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// The Coder deployment URL.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_URL",
+        value_name = "URL"
+    )]
+    pub url: Option<String>,
+
+    /// Which agent of this instance to authenticate as (needed when several agents share the VM).
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_NAME",
+        value_name = "NAME"
+    )]
+    pub agent_name: Option<String>,
+
+    /// Identity method: aws-instance-identity (aws), google-instance-identity (gcp, google),
+    /// azure-instance-identity (azure).
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_AUTH",
+        value_name = "METHOD"
+    )]
+    pub auth: Option<String>,
+
+    /// Where to store the token ("-" for stdout). Default: /run/coder-agent-auth/NAME.token,
+    /// or /run/coder-agent-auth/token without a name.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_TOKEN_FILE",
+        value_name = "PATH"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Total deadline for retrying transient failures, e.g. 30s, 5m, 1h30m; 0 means no deadline.
+    #[arg(long, hide_env_values = true, env = "CODER_AGENT_AUTH_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_TIMEOUT)]
+    pub timeout: String,
+
+    /// Extra PEM CA certificate(s) to trust for the Coder URL, on top of the OS trust store
+    /// (which honours SSL_CERT_FILE and SSL_CERT_DIR).
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_CA_CERT",
+        value_name = "PATH"
+    )]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Extra header for requests to Coder only ("Name: value"); repeatable. The env var takes a
+    /// comma-separated list, like Coder's own CODER_AGENT_HEADER.
+    #[arg(long = "header", hide_env_values = true, env = "CODER_AGENT_HEADER", value_name = "NAME: VALUE", value_delimiter = ',', action = ArgAction::Append)]
+    pub headers: Vec<String>,
+
+    /// Base URL of the metadata service, for emulators and tests (any cloud). Per-cloud
+    /// conventions work too: AWS_EC2_METADATA_SERVICE_ENDPOINT, GCE_METADATA_HOST.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_METADATA_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub metadata_endpoint: Option<String>,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG filters override.
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less log output (-q errors only, -qq nothing).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
+    /// After success, replace this process with COMMAND, with CODER_AGENT_TOKEN and
+    /// CODER_AGENT_AUTH=token in its environment.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the token goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenTarget {
+    File(PathBuf),
+    Stdout,
+    /// Exec mode without `--token-file`: nothing is written.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub verbose: u8,
+    pub quiet: u8,
+    pub format: LogFormat,
+}
+
+/// The validated configuration of one exchange.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: Url,
+    pub agent_name: Option<String>,
+    pub cloud: Cloud,
+    pub token: TokenTarget,
+    pub timeout: Option<Duration>,
+    pub ca_cert: Option<PathBuf>,
+    pub headers: HeaderMap,
+    pub metadata_endpoint: Option<Url>,
+    pub command: Vec<OsString>,
+    pub log: LogConfig,
+}
+
+impl Cli {
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            verbose: self.verbose,
+            quiet: self.quiet,
+            format: self.log_format,
+        }
+    }
+
+    /// Validate everything that can be validated without I/O.
+    pub fn into_config(self) -> Result<Config, String> {
+        let log = self.log_config();
+        let url = parse_coder_url(self.url.as_deref())?;
+        let agent_name = normalize_agent_name(self.agent_name.as_deref())?;
+        let cloud = parse_auth(self.auth.as_deref())?;
+        let timeout = parse_duration(&self.timeout).map_err(|e| {
+            format!("invalid --timeout / CODER_AGENT_AUTH_TIMEOUT {:?}: {e}; use a duration such as 30s, 5m or 1h (0 = no deadline)", self.timeout)
+        })?;
+        let timeout = (!timeout.is_zero()).then_some(timeout);
+        let headers = parse_headers(&self.headers)?;
+        let metadata_endpoint = self
+            .metadata_endpoint
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_http_url(s, "--metadata-endpoint / CODER_AGENT_METADATA_ENDPOINT"))
+            .transpose()?;
+        let token =
+            match self.token_file {
+                Some(p) if p.as_os_str() == "-" => TokenTarget::Stdout,
+                Some(p) if p.as_os_str().is_empty() => return Err(
+                    "--token-file / CODER_AGENT_TOKEN_FILE is empty; give a path, or - for stdout"
+                        .into(),
+                ),
+                Some(p) => TokenTarget::File(p),
+                None if !self.command.is_empty() => TokenTarget::None,
+                None => TokenTarget::File(default_token_path(agent_name.as_deref())),
+            };
+        if let Some(ca) = &self.ca_cert {
+            if ca.as_os_str().is_empty() {
+                return Err(
+                    "--ca-cert / CODER_AGENT_CA_CERT is empty; give the path of a PEM file".into(),
+                );
+            }
+        }
+        Ok(Config {
+            url,
+            agent_name,
+            cloud,
+            token,
+            timeout,
+            ca_cert: self.ca_cert,
+            headers,
+            metadata_endpoint,
+            command: self.command,
+            log,
+        })
+    }
+}
+
+/// The default token path: one file per agent name under /run.
+pub fn default_token_path(agent_name: Option<&str>) -> PathBuf {
+    match agent_name {
+        Some(name) => PathBuf::from(format!("{DEFAULT_TOKEN_DIR}/{name}.token")),
+        None => PathBuf::from(format!("{DEFAULT_TOKEN_DIR}/token")),
+    }
+}
+
+fn parse_coder_url(raw: Option<&str>) -> Result<Url, String> {
+    let raw = raw
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or("no Coder URL: pass --url https://coder.example.com or set CODER_AGENT_URL")?;
+    parse_http_url(raw, "--url / CODER_AGENT_URL")
+}
+
+fn parse_http_url(raw: &str, what: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|e| {
+        format!("{what} {raw:?} is not a valid URL ({e}); expected e.g. https://coder.example.com")
+    })?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err(format!("{what} {raw:?} has no host")),
+        other => Err(format!(
+            "{what} {raw:?} uses the scheme {other:?}; only http and https are supported"
+        )),
+    }
+}
+
+/// Coder's agent-name rule: `(?i)^[a-z0-9](-?[a-z0-9])*$`.
+pub fn valid_agent_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && !name.contains("--")
+}
+
+/// Trim the name; empty means unset; anything else must follow Coder's rule.
+pub fn normalize_agent_name(raw: Option<&str>) -> Result<Option<String>, String> {
+    let Some(name) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if valid_agent_name(name) {
+        Ok(Some(name.to_string()))
+    } else {
+        Err(format!(
+            "invalid agent name {name:?} (from --agent-name / CODER_AGENT_NAME): Coder agent names use \
+             letters, digits and single hyphens between them, e.g. \"main\" or \"dev-1\"; \
+             use the name of the coder_agent resource in the template"
+        ))
+    }
+}
+
+/// Parse `--auth`. `None` is an error until detection lands.
+pub fn parse_auth(raw: Option<&str>) -> Result<Cloud, String> {
+    let raw = raw.map(str::trim).unwrap_or("");
+    match raw.to_ascii_lowercase().as_str() {
+        "aws-instance-identity" | "aws" => Ok(Cloud::Aws),
+        "google-instance-identity" | "gcp" | "google" => Ok(Cloud::Gcp),
+        "azure-instance-identity" | "azure" => Ok(Cloud::Azure),
+        "token" => Err("--auth token needs no exchange: with token auth, `coder agent` reads CODER_AGENT_TOKEN or \
+             CODER_AGENT_TOKEN_FILE directly. Use aws-instance-identity, google-instance-identity or \
+             azure-instance-identity here".into()),
+        "" => Err("no identity method: pass --auth aws-instance-identity|google-instance-identity|azure-instance-identity \
+             (or set CODER_AGENT_AUTH)".into()),
+        _ => Err(format!(
+            "unknown --auth / CODER_AGENT_AUTH value {raw:?}: use aws-instance-identity (aws), \
+             google-instance-identity (gcp, google) or azure-instance-identity (azure)"
+        )),
+    }
+}
+
+/// Human durations: `250ms`, `30s`, `5m`, `1h30m`, a bare number of seconds, `0`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("expected a number at {rest:?}"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| "number too large".to_string())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" | "sec" | "secs" => Duration::from_secs(n),
+            "m" | "min" | "mins" => Duration::from_secs(n.saturating_mul(60)),
+            "h" | "hr" | "hrs" => Duration::from_secs(n.saturating_mul(3600)),
+            "" => return Err("a number needs a unit (ms, s, m, h) after the first part".into()),
+            u => return Err(format!("unknown unit {u:?} (use ms, s, m or h)")),
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+/// `Name: value` pairs for Coder requests. Invalid names or values are usage errors.
+pub fn parse_headers(raw: &[String]) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for h in raw.iter().filter(|h| !h.trim().is_empty()) {
+        let (name, value) = h.split_once(':').ok_or_else(|| {
+            format!("invalid --header / CODER_AGENT_HEADER {h:?}: expected \"Name: value\"")
+        })?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            format!(
+                "invalid --header name {:?}: header names are letters, digits and - only",
+                name.trim()
+            )
+        })?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+            format!("invalid --header value for {name}: it contains a control character or a line break")
+        })?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_names_follow_coders_rule() {
+        for ok in ["main", "dev", "a", "dev-1", "Main", "a1-b2-c3", "0"] {
+            assert!(valid_agent_name(ok), "{ok} should be valid");
+        }
+        for bad in [
+            "", "-a", "a-", "a--b", "a_b", "a b", "dev.1", "naïve", "a/b",
+        ] {
+            assert!(!valid_agent_name(bad), "{bad} should be invalid");
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_and_empty_means_unset() {
+        assert_eq!(
+            normalize_agent_name(Some("  main\t")).unwrap().as_deref(),
+            Some("main")
+        );
+        assert_eq!(normalize_agent_name(Some("   ")).unwrap(), None);
+        assert_eq!(normalize_agent_name(None).unwrap(), None);
+        assert!(normalize_agent_name(Some("bad name")).is_err());
+    }
+
+    #[test]
+    fn auth_accepts_long_and_short_forms() {
+        assert_eq!(
+            parse_auth(Some("aws-instance-identity")).unwrap(),
+            Cloud::Aws
+        );
+        assert_eq!(parse_auth(Some("AWS")).unwrap(), Cloud::Aws);
+        assert_eq!(parse_auth(Some("gcp")).unwrap(), Cloud::Gcp);
+        assert_eq!(parse_auth(Some("google")).unwrap(), Cloud::Gcp);
+        assert_eq!(
+            parse_auth(Some("google-instance-identity")).unwrap(),
+            Cloud::Gcp
+        );
+        assert_eq!(parse_auth(Some("azure")).unwrap(), Cloud::Azure);
+        assert!(parse_auth(Some("token"))
+            .unwrap_err()
+            .contains("needs no exchange"));
+        assert!(parse_auth(Some("oracle")).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1m30").is_err());
+    }
+
+    #[test]
+    fn headers_parse_and_reject_garbage() {
+        let h = parse_headers(&["X-Test: a b".into(), "Cookie:x=1".into()]).unwrap();
+        assert_eq!(h["x-test"], "a b");
+        assert_eq!(h["cookie"], "x=1");
+        assert!(parse_headers(&["no colon".into()]).is_err());
+        assert!(parse_headers(&["bad name: v".into()]).is_err());
+        assert!(parse_headers(&["X-Ok: a\nb".into()]).is_err());
+    }
+
+    #[test]
+    fn default_token_paths() {
+        assert_eq!(
+            default_token_path(Some("main")),
+            PathBuf::from("/run/coder-agent-auth/main.token")
+        );
+        assert_eq!(
+            default_token_path(None),
+            PathBuf::from("/run/coder-agent-auth/token")
+        );
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

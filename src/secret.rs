@@ -1,0 +1,72 @@
+//! Secret newtype: the session token and the identity material (AWS document and
+//! signature, GCP JWT, Azure signature) live in `Secret` so that no `Debug`,
+//! `Display` or log line can print them by accident.
+//!
+//! The value is reachable only through [`Secret::expose`], which is called in
+//! exactly three kinds of places: building the request body for Coder, writing
+//! the token sink, and the explicit `identity --raw` output.
+
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value. Callers must not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// A short, non-reversible hint for diagnostics: the length and the first
+    /// few characters, never enough to replay the value.
+    pub fn shortened(&self, keep: usize) -> String {
+        let head: String = self.0.chars().take(keep).collect();
+        format!("{head}… ({} bytes)", self.0.len())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_never_show_the_value() {
+        let s = Secret::new("f3a1c2d4-token-value");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{s}"), "[redacted]");
+        assert_eq!(format!("{:?}", Some(&s)), "Some([redacted])");
+        assert_eq!(s.expose(), "f3a1c2d4-token-value");
+    }
+
+    #[test]
+    fn shortened_keeps_only_a_prefix() {
+        let s = Secret::new("eyJhbGciOiJSUzI1NiJ9.payload.signature");
+        let short = s.shortened(8);
+        assert!(short.starts_with("eyJhbGci…"));
+        assert!(!short.contains("payload"));
+    }
+}
