@@ -290,6 +290,40 @@ impl Transient for ExchangeError {
 pub struct CoderClient {
     http: reqwest::Client,
     base: Url,
+    /// Which proxy settings apply, added to transport errors (credentials removed).
+    proxy_note: String,
+}
+
+/// The proxy variables in effect for `url`, for error messages; userinfo is removed.
+fn proxy_note(url: &Url) -> String {
+    fn get(names: &[&'static str]) -> Option<(&'static str, String)> {
+        names.iter().find_map(|n| {
+            std::env::var(n)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (*n, v))
+        })
+    }
+    let scheme_vars: &[&'static str] = if url.scheme() == "https" {
+        &["HTTPS_PROXY", "https_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy"]
+    };
+    let Some((name, value)) = get(scheme_vars).or_else(|| get(&["ALL_PROXY", "all_proxy"])) else {
+        return String::new();
+    };
+    let shown = match Url::parse(&value) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(unparsable)".to_string(),
+    };
+    let no_proxy = get(&["NO_PROXY", "no_proxy"])
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    format!(" (through the proxy {name}={shown}, NO_PROXY={no_proxy:?}; check the proxy or add the Coder host to NO_PROXY)")
 }
 
 impl CoderClient {
@@ -345,6 +379,7 @@ impl CoderClient {
         Ok(CoderClient {
             http,
             base: base.clone(),
+            proxy_note: proxy_note(base),
         })
     }
 
@@ -365,7 +400,11 @@ impl CoderClient {
             .send()
             .await
             .map_err(|e| {
-                ExchangeError::Transient(format!("POST {url}: {}", describe_reqwest(&e)))
+                ExchangeError::Transient(format!(
+                    "POST {url}: {}{}",
+                    describe_reqwest(&e),
+                    self.proxy_note
+                ))
             })?;
         let status = resp.status().as_u16();
         let final_url = resp.url().clone();

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod cloud;
 pub mod coder;
+pub mod detect;
 pub mod error;
 pub mod logging;
 pub mod retry;

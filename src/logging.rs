@@ -3,7 +3,9 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::{LogConfig, LogFormat};
 
@@ -15,19 +17,21 @@ pub fn init(cfg: &LogConfig) {
         (_, 1) => "info,coder_agent_auth=debug",
         _ => "trace",
     };
-    let filter = std::env::var("RUST_LOG")
+    // RUST_LOG-style `target=level,level` directives (without regex span
+    // filters, which would add a regex engine to the binary).
+    let filter: Targets = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| default.parse().expect("static filter"));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match cfg.format {
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
+        LogFormat::Json => registry.with(fmt.json().with_ansi(false)).try_init(),
+        LogFormat::Text => registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
             .try_init(),
     };
 }

@@ -1,0 +1,263 @@
+//! The Coder server: `coderd/workspaceresourceauth.go` (multi-agent version) and the
+//! `httpapi.Read` / `httpapi.Write` helpers it uses.
+
+use serde::Serialize;
+
+use crate::crypto;
+use crate::http::{Outcome, Request, Response};
+use crate::metadata::unix_now;
+use crate::{Cloud, Shared};
+
+/// What `httpapi.Write` sends.
+pub(crate) const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// `codersdk.Response` (plus the `agent_names` a future server may send with a 409).
+#[derive(Serialize, Default)]
+struct CoderResponse {
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validations: Option<Vec<ValidationError>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_names: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct ValidationError {
+    field: String,
+    detail: String,
+}
+
+/// JSON as Go's `json.Encoder` writes it: HTML characters escaped, newline at the end.
+fn go_json<T: Serialize>(v: &T) -> Vec<u8> {
+    let s = serde_json::to_string(v).expect("serializable");
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    out.into_bytes()
+}
+
+fn write<T: Serialize>(status: u16, v: &T) -> Outcome {
+    Response::new(status, JSON_CONTENT_TYPE, go_json(v)).into()
+}
+
+fn message(status: u16, msg: impl Into<String>) -> Outcome {
+    write(
+        status,
+        &CoderResponse {
+            message: msg.into(),
+            ..Default::default()
+        },
+    )
+}
+
+fn message_detail(status: u16, msg: &str, detail: impl Into<String>) -> Outcome {
+    write(
+        status,
+        &CoderResponse {
+            message: msg.to_string(),
+            detail: Some(detail.into()),
+            ..Default::default()
+        },
+    )
+}
+
+/// Go's `%q` (`strconv.Quote`).
+pub(crate) fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\x07' => out.push_str("\\a"),
+            '\x08' => out.push_str("\\b"),
+            '\x0c' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\x0b' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || (c.is_whitespace() && c != ' ') => {
+                if (c as u32) < 0x10000 {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                } else {
+                    out.push_str(&format!("\\U{:08x}", c as u32));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn cloud_of_path(path: &str) -> Option<Cloud> {
+    [Cloud::Aws, Cloud::Gcp, Cloud::Azure]
+        .into_iter()
+        .find(|c| c.coder_path() == path)
+}
+
+pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
+    let Some(cloud) = cloud_of_path(&req.path) else {
+        return message(404, "Route not found.");
+    };
+    if req.method != "POST" {
+        return message(405, "Method not allowed.");
+    }
+
+    // httpapi.Read: decode, then validate the `required` fields.
+    let (go_type, required): (&str, &[&str]) = match cloud {
+        Cloud::Aws => (
+            "agentsdk.AWSInstanceIdentityToken",
+            &["signature", "document"],
+        ),
+        Cloud::Gcp => ("agentsdk.GoogleInstanceIdentityToken", &["json_web_token"]),
+        Cloud::Azure => (
+            "agentsdk.AzureInstanceIdentityToken",
+            &["signature", "encoding"],
+        ),
+    };
+    let obj = match crypto::go_unmarshal_object(&req.body, go_type, true) {
+        Ok(o) => o.unwrap_or_default(),
+        Err(e) => return message_detail(400, "Request body must be valid JSON.", e),
+    };
+    let mut values = Vec::new();
+    for field in required.iter().copied().chain(["agent_name"]) {
+        match crypto::go_string_field(&obj, field, go_type) {
+            Ok(v) => values.push(v),
+            Err(e) => return message_detail(400, "Request body must be valid JSON.", e),
+        }
+    }
+    let validations: Vec<ValidationError> = required
+        .iter()
+        .zip(&values)
+        .filter(|(_, v)| v.is_empty())
+        .map(|(f, _)| ValidationError {
+            field: f.to_string(),
+            detail: "Validation failed for tag \"required\" with value: \"\"".to_string(),
+        })
+        .collect();
+    if !validations.is_empty() {
+        return write(
+            400,
+            &CoderResponse {
+                message: "Validation failed.".into(),
+                validations: Some(validations),
+                ..Default::default()
+            },
+        );
+    }
+    let agent_name = values.last().cloned().unwrap_or_default();
+
+    let (invalid, verified) = match cloud {
+        Cloud::Aws => (
+            "Invalid AWS identity.",
+            crypto::verify_aws(&shared.keys, &values[0], &values[1]),
+        ),
+        Cloud::Gcp => (
+            "Invalid GCP identity.",
+            crypto::verify_gcp(&shared.keys, &values[0], unix_now()),
+        ),
+        Cloud::Azure => (
+            "Invalid Azure identity.",
+            crypto::verify_azure(&shared.keys, &values[0]),
+        ),
+    };
+    // The simulator's key stands for the configured cloud only: another cloud's endpoint
+    // rejects whatever it gets, as a real Coder rejects a foreign signature.
+    let verified = if cloud == shared.cfg.cloud {
+        verified
+    } else {
+        Err(match cloud {
+            Cloud::Aws => "crypto/rsa: verification error",
+            Cloud::Gcp => "idtoken: could not verify token signature",
+            Cloud::Azure => "verify pkcs7: x509: certificate signed by unknown authority",
+        }
+        .to_string())
+    };
+    match verified {
+        Ok(instance_id) => auth_instance_id(shared, &instance_id, &agent_name),
+        Err(detail) => message_detail(401, invalid, detail),
+    }
+}
+
+/// `handleAuthInstanceID`.
+fn auth_instance_id(shared: &Shared, instance_id: &str, agent_name: &str) -> Outcome {
+    let cfg = &shared.cfg;
+    let agent_name = agent_name.trim();
+    // The agents of the latest build that carry this instance id. With the v2.33.0–2.33.3 bug,
+    // the stale agents of an earlier build are candidates too.
+    let mut candidates: Vec<&str> = if instance_id == cfg.instance_id {
+        cfg.agents.iter().map(|a| a.as_str()).collect()
+    } else {
+        Vec::new()
+    };
+    if cfg.legacy_duplicate_names {
+        candidates = candidates.iter().flat_map(|a| [*a, *a]).collect();
+    }
+    if candidates.is_empty() {
+        return message(
+            404,
+            format!("Instance with id {} not found.", go_quote(instance_id)),
+        );
+    }
+    let selected = if !agent_name.is_empty() {
+        match candidates.iter().find(|a| **a == agent_name) {
+            Some(a) => *a,
+            None => {
+                return message(
+                    404,
+                    format!(
+                        "No agent found with instance ID {} and name {}.",
+                        go_quote(instance_id),
+                        go_quote(agent_name)
+                    ),
+                )
+            }
+        }
+    } else if candidates.len() != 1 {
+        let mut names: Vec<String> = candidates.iter().map(|a| a.to_string()).collect();
+        names.sort();
+        let msg = format!(
+            "Multiple agents found with instance ID {}. Set CODER_AGENT_NAME to one of: {}",
+            go_quote(instance_id),
+            names.join(", ")
+        );
+        let agent_names = cfg.structured_409.then(|| {
+            let mut unique = names.clone();
+            unique.dedup();
+            unique
+        });
+        return write(
+            409,
+            &CoderResponse {
+                message: msg,
+                agent_names,
+                ..Default::default()
+            },
+        );
+    } else {
+        candidates[0]
+    };
+    #[derive(Serialize)]
+    struct AuthenticateResponse {
+        session_token: String,
+    }
+    write(
+        200,
+        &AuthenticateResponse {
+            session_token: shared.issue_token(selected),
+        },
+    )
+}

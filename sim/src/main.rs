@@ -1,0 +1,152 @@
+//! `coder-agent-auth-sim`: serve a simulated cloud metadata service and Coder server, or run the
+//! demo against the real `coder-agent-auth` binary.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use coder_agent_auth_sim::{serve_blocking, Cloud, Sim, SimConfig};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(
+    name = "coder-agent-auth-sim",
+    version,
+    about = "Simulated cloud metadata service and Coder server for coder-agent-auth (loopback only, test keys)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one cloud's metadata service and a Coder server until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Run coder-agent-auth against a simulated AWS with the agents `main` and `dev`.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The cloud to simulate: aws, gcp or azure.
+    #[arg(long)]
+    cloud: Cloud,
+    /// Agent names registered on the instance, comma-separated. Empty: the instance is unknown.
+    #[arg(long, value_delimiter = ',', default_value = "main")]
+    agents: Vec<String>,
+    /// Address of the metadata service (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metadata_addr: SocketAddr,
+    /// Address of the Coder server (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    coder_addr: SocketAddr,
+    /// Instance id (default: one per cloud).
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Once listening, write {"metadata_url":..,"coder_url":..} here (atomically).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Append one JSON line per request received.
+    #[arg(long)]
+    request_log: Option<PathBuf>,
+    /// Serve Coder over HTTPS with a generated CA (its PEM is in the ready JSON as ca_pem).
+    #[arg(long)]
+    coder_tls: bool,
+    /// AWS: the IMDSv2 token PUT answers 405; token-less GETs work.
+    #[arg(long)]
+    imds_v1_only: bool,
+    /// AWS: the IMDSv2 token PUT never answers; token-less GETs work.
+    #[arg(long)]
+    imds_put_hangs: bool,
+    /// List every agent twice in the 409, as Coder v2.33.0 to v2.33.3 can.
+    #[arg(long)]
+    legacy_duplicate_names: bool,
+    /// Add "agent_names" to the 409 body.
+    #[arg(long)]
+    structured_409: bool,
+    /// Azure: do not answer 429 beyond 5 requests a second.
+    #[arg(long)]
+    no_azure_throttle: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// The coder-agent-auth binary (default: next to this executable).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+}
+
+fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    let agents: Vec<&str> = a
+        .agents
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut cfg = SimConfig::new(a.cloud, &agents);
+    if let Some(id) = a.instance_id {
+        cfg.instance_id = id;
+    }
+    cfg.coder_tls = a.coder_tls;
+    cfg.imds_v1_only = a.imds_v1_only;
+    cfg.imds_put_hangs = a.imds_put_hangs;
+    cfg.legacy_duplicate_names = a.legacy_duplicate_names;
+    cfg.structured_409 = a.structured_409;
+    cfg.azure_throttle = !a.no_azure_throttle;
+    let ready_file = a.ready_file;
+    let on_ready = |sim: &Sim| -> std::io::Result<()> {
+        let line = serde_json::json!({
+            "metadata_url": sim.metadata_url(),
+            "metadata_host_port": sim.metadata_host_port(),
+            "coder_url": sim.coder_url(),
+            "ca_pem": sim.ca_pem(),
+            "cloud": sim.config().cloud.name(),
+            "instance_id": sim.instance_id(),
+            "agents": sim.config().agents,
+        })
+        .to_string();
+        if let Some(p) = &ready_file {
+            write_atomically(p, &format!("{line}\n"))?;
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()
+    };
+    match serve_blocking(
+        cfg,
+        a.metadata_addr,
+        a.coder_addr,
+        a.request_log.as_deref(),
+        on_ready,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coder-agent-auth-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Demo(a) => demo::run(a.bin),
+    }
+}
