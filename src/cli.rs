@@ -38,65 +38,61 @@ Examples:
     name = "coder-agent-auth",
     version,
     about = "Exchange this VM's signed cloud instance identity for a Coder workspace-agent session token",
-    after_help = AFTER_HELP
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
-    /// The Coder deployment URL.
-    #[arg(
-        long,
-        hide_env_values = true,
-        env = "CODER_AGENT_URL",
-        value_name = "URL"
-    )]
-    pub url: Option<String>,
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
 
-    /// Which agent of this instance to authenticate as (needed when several agents share the VM).
-    #[arg(
-        long,
-        hide_env_values = true,
-        env = "CODER_AGENT_NAME",
-        value_name = "NAME"
-    )]
-    pub agent_name: Option<String>,
+    #[command(flatten)]
+    pub exchange: ExchangeArgs,
 
-    /// Identity method: aws-instance-identity (aws), google-instance-identity (gcp, google),
-    /// azure-instance-identity (azure).
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Show which cloud this is and every signal checked (exit 0 when found, 5 when not).
+    Detect {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Fetch the instance identity exactly as the exchange would and print a decoded
+    /// summary. Never contacts Coder.
+    Identity {
+        /// Also print the raw identity (signature, document, JWT). Treat the output as a secret.
+        #[arg(long)]
+        raw: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// Options shared by the exchange, `detect` and `identity`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Identity method: auto (detect), aws-instance-identity (aws), google-instance-identity
+    /// (gcp, google), azure-instance-identity (azure).
     #[arg(
         long,
         hide_env_values = true,
         env = "CODER_AGENT_AUTH",
-        value_name = "METHOD"
+        value_name = "METHOD",
+        default_value = "auto"
     )]
-    pub auth: Option<String>,
-
-    /// Where to store the token ("-" for stdout). Default: /run/coder-agent-auth/NAME.token,
-    /// or /run/coder-agent-auth/token without a name.
-    #[arg(
-        long,
-        hide_env_values = true,
-        env = "CODER_AGENT_TOKEN_FILE",
-        value_name = "PATH"
-    )]
-    pub token_file: Option<PathBuf>,
+    pub auth: String,
 
     /// Total deadline for retrying transient failures, e.g. 30s, 5m, 1h30m; 0 means no deadline.
     #[arg(long, hide_env_values = true, env = "CODER_AGENT_AUTH_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_TIMEOUT)]
     pub timeout: String,
-
-    /// Extra PEM CA certificate(s) to trust for the Coder URL, on top of the OS trust store
-    /// (which honours SSL_CERT_FILE and SSL_CERT_DIR).
-    #[arg(
-        long,
-        hide_env_values = true,
-        env = "CODER_AGENT_CA_CERT",
-        value_name = "PATH"
-    )]
-    pub ca_cert: Option<PathBuf>,
-
-    /// Extra header for requests to Coder only ("Name: value"); repeatable. The env var takes a
-    /// comma-separated list, like Coder's own CODER_AGENT_HEADER.
-    #[arg(long = "header", hide_env_values = true, env = "CODER_AGENT_HEADER", value_name = "NAME: VALUE", value_delimiter = ',', action = ArgAction::Append)]
-    pub headers: Vec<String>,
 
     /// Base URL of the metadata service, for emulators and tests (any cloud). Per-cloud
     /// conventions work too: AWS_EC2_METADATA_SERVICE_ENDPOINT, GCE_METADATA_HOST.
@@ -119,6 +115,61 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,
+}
+
+/// Options of the exchange itself.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExchangeArgs {
+    /// The Coder deployment URL.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_URL",
+        value_name = "URL"
+    )]
+    pub url: Option<String>,
+
+    /// Which agent of this instance to authenticate as (needed when several agents share the VM).
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_NAME",
+        value_name = "NAME"
+    )]
+    pub agent_name: Option<String>,
+
+    /// Where to store the token ("-" for stdout). Default: /run/coder-agent-auth/NAME.token,
+    /// or /run/coder-agent-auth/token without a name.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_TOKEN_FILE",
+        value_name = "PATH"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Extra PEM CA certificate(s) to trust for the Coder URL, on top of the OS trust store
+    /// (which honours SSL_CERT_FILE and SSL_CERT_DIR).
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_CA_CERT",
+        value_name = "PATH"
+    )]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Extra header for requests to Coder only ("Name: value"); repeatable. The env var takes a
+    /// comma-separated list, like Coder's own CODER_AGENT_HEADER.
+    #[arg(long = "header", hide_env_values = true, env = "CODER_AGENT_HEADER", value_name = "NAME: VALUE", value_delimiter = ',', action = ArgAction::Append)]
+    pub headers: Vec<String>,
+
+    /// Do everything up to the POST, then print the request that would be sent (secrets shortened).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print exactly one JSON object describing the outcome on stdout (never the token).
+    #[arg(long)]
+    pub json: bool,
 
     /// After success, replace this process with COMMAND, with CODER_AGENT_TOKEN and
     /// CODER_AGENT_AUTH=token in its environment.
@@ -148,22 +199,45 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Exchange(Box<Config>),
+    Detect {
+        common: Common,
+        json: bool,
+    },
+    Identity {
+        common: Common,
+        raw: bool,
+        json: bool,
+    },
+}
+
+/// The validated options shared by every mode.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// `None` means auto-detect.
+    pub cloud: Option<Cloud>,
+    pub timeout: Option<Duration>,
+    pub metadata_endpoint: Option<Url>,
+}
+
 /// The validated configuration of one exchange.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub common: Common,
     pub url: Url,
     pub agent_name: Option<String>,
-    pub cloud: Cloud,
     pub token: TokenTarget,
-    pub timeout: Option<Duration>,
     pub ca_cert: Option<PathBuf>,
     pub headers: HeaderMap,
-    pub metadata_endpoint: Option<Url>,
     pub command: Vec<OsString>,
-    pub log: LogConfig,
+    pub dry_run: bool,
+    pub json: bool,
 }
 
-impl Cli {
+impl CommonArgs {
     pub fn log_config(&self) -> LogConfig {
         LogConfig {
             verbose: self.verbose,
@@ -172,23 +246,59 @@ impl Cli {
         }
     }
 
-    /// Validate everything that can be validated without I/O.
-    pub fn into_config(self) -> Result<Config, String> {
-        let log = self.log_config();
-        let url = parse_coder_url(self.url.as_deref())?;
-        let agent_name = normalize_agent_name(self.agent_name.as_deref())?;
-        let cloud = parse_auth(self.auth.as_deref())?;
+    pub fn validate(&self) -> Result<Common, String> {
+        let cloud = parse_auth(&self.auth)?;
         let timeout = parse_duration(&self.timeout).map_err(|e| {
             format!("invalid --timeout / CODER_AGENT_AUTH_TIMEOUT {:?}: {e}; use a duration such as 30s, 5m or 1h (0 = no deadline)", self.timeout)
         })?;
-        let timeout = (!timeout.is_zero()).then_some(timeout);
-        let headers = parse_headers(&self.headers)?;
         let metadata_endpoint = self
             .metadata_endpoint
             .as_deref()
             .filter(|s| !s.trim().is_empty())
             .map(|s| parse_http_url(s, "--metadata-endpoint / CODER_AGENT_METADATA_ENDPOINT"))
             .transpose()?;
+        Ok(Common {
+            cloud,
+            timeout: (!timeout.is_zero()).then_some(timeout),
+            metadata_endpoint,
+        })
+    }
+}
+
+impl Cli {
+    pub fn log_config(&self) -> LogConfig {
+        match &self.sub {
+            Some(Sub::Detect { common, .. }) | Some(Sub::Identity { common, .. }) => {
+                common.log_config()
+            }
+            None => self.common.log_config(),
+        }
+    }
+
+    /// Validate everything that can be validated without I/O.
+    pub fn into_mode(self) -> Result<Mode, String> {
+        match self.sub {
+            Some(Sub::Detect { json, common }) => Ok(Mode::Detect {
+                common: common.validate()?,
+                json,
+            }),
+            Some(Sub::Identity { raw, json, common }) => Ok(Mode::Identity {
+                common: common.validate()?,
+                raw,
+                json,
+            }),
+            None => Ok(Mode::Exchange(Box::new(
+                self.exchange.validate(self.common.validate()?)?,
+            ))),
+        }
+    }
+}
+
+impl ExchangeArgs {
+    fn validate(self, common: Common) -> Result<Config, String> {
+        let url = parse_coder_url(self.url.as_deref())?;
+        let agent_name = normalize_agent_name(self.agent_name.as_deref())?;
+        let headers = parse_headers(&self.headers)?;
         let token =
             match self.token_file {
                 Some(p) if p.as_os_str() == "-" => TokenTarget::Stdout,
@@ -200,6 +310,12 @@ impl Cli {
                 None if !self.command.is_empty() => TokenTarget::None,
                 None => TokenTarget::File(default_token_path(agent_name.as_deref())),
             };
+        if self.json && token == TokenTarget::Stdout {
+            return Err(
+                "--json and --token-file - both want stdout; write the token to a file with --json"
+                    .into(),
+            );
+        }
         if let Some(ca) = &self.ca_cert {
             if ca.as_os_str().is_empty() {
                 return Err(
@@ -208,16 +324,15 @@ impl Cli {
             }
         }
         Ok(Config {
+            common,
             url,
             agent_name,
-            cloud,
             token,
-            timeout,
             ca_cert: self.ca_cert,
             headers,
-            metadata_endpoint,
             command: self.command,
-            log,
+            dry_run: self.dry_run,
+            json: self.json,
         })
     }
 }
@@ -277,20 +392,19 @@ pub fn normalize_agent_name(raw: Option<&str>) -> Result<Option<String>, String>
     }
 }
 
-/// Parse `--auth`. `None` is an error until detection lands.
-pub fn parse_auth(raw: Option<&str>) -> Result<Cloud, String> {
-    let raw = raw.map(str::trim).unwrap_or("");
+/// Parse `--auth`: `None` means auto-detect.
+pub fn parse_auth(raw: &str) -> Result<Option<Cloud>, String> {
+    let raw = raw.trim();
     match raw.to_ascii_lowercase().as_str() {
-        "aws-instance-identity" | "aws" => Ok(Cloud::Aws),
-        "google-instance-identity" | "gcp" | "google" => Ok(Cloud::Gcp),
-        "azure-instance-identity" | "azure" => Ok(Cloud::Azure),
+        "auto" | "" => Ok(None),
+        "aws-instance-identity" | "aws" => Ok(Some(Cloud::Aws)),
+        "google-instance-identity" | "gcp" | "google" => Ok(Some(Cloud::Gcp)),
+        "azure-instance-identity" | "azure" => Ok(Some(Cloud::Azure)),
         "token" => Err("--auth token needs no exchange: with token auth, `coder agent` reads CODER_AGENT_TOKEN or \
              CODER_AGENT_TOKEN_FILE directly. Use aws-instance-identity, google-instance-identity or \
              azure-instance-identity here".into()),
-        "" => Err("no identity method: pass --auth aws-instance-identity|google-instance-identity|azure-instance-identity \
-             (or set CODER_AGENT_AUTH)".into()),
         _ => Err(format!(
-            "unknown --auth / CODER_AGENT_AUTH value {raw:?}: use aws-instance-identity (aws), \
+            "unknown --auth / CODER_AGENT_AUTH value {raw:?}: use auto, aws-instance-identity (aws), \
              google-instance-identity (gcp, google) or azure-instance-identity (azure)"
         )),
     }
@@ -386,22 +500,24 @@ mod tests {
 
     #[test]
     fn auth_accepts_long_and_short_forms() {
-        assert_eq!(
-            parse_auth(Some("aws-instance-identity")).unwrap(),
-            Cloud::Aws
-        );
-        assert_eq!(parse_auth(Some("AWS")).unwrap(), Cloud::Aws);
-        assert_eq!(parse_auth(Some("gcp")).unwrap(), Cloud::Gcp);
-        assert_eq!(parse_auth(Some("google")).unwrap(), Cloud::Gcp);
-        assert_eq!(
-            parse_auth(Some("google-instance-identity")).unwrap(),
-            Cloud::Gcp
-        );
-        assert_eq!(parse_auth(Some("azure")).unwrap(), Cloud::Azure);
-        assert!(parse_auth(Some("token"))
+        let cases = [
+            ("aws-instance-identity", Some(Cloud::Aws)),
+            ("AWS", Some(Cloud::Aws)),
+            ("gcp", Some(Cloud::Gcp)),
+            ("google", Some(Cloud::Gcp)),
+            ("google-instance-identity", Some(Cloud::Gcp)),
+            ("azure", Some(Cloud::Azure)),
+            ("azure-instance-identity", Some(Cloud::Azure)),
+            ("auto", None),
+            (" auto ", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(parse_auth(raw).unwrap(), want, "{raw}");
+        }
+        assert!(parse_auth("token")
             .unwrap_err()
             .contains("needs no exchange"));
-        assert!(parse_auth(Some("oracle")).is_err());
+        assert!(parse_auth("oracle").is_err());
     }
 
     #[test]

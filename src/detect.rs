@@ -238,7 +238,16 @@ async fn probe_one(client: MetadataClient, endpoints: Endpoints, cloud: Cloud) -
         .header(header.0, header.1)
         .timeout(PROBE_TIMEOUT);
     let (result, decisive) = match client.send("probe", req).await {
-        Err(e) => (e.message.replace("probe: ", ""), false),
+        Err(e) => {
+            let prefix = format!("probe: {request}: ");
+            (
+                e.message
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&e.message)
+                    .to_string(),
+                false,
+            )
+        }
         Ok(resp) => {
             let decisive = match cloud {
                 Cloud::Aws => resp.status == 200 && !resp.body.is_empty(),
