@@ -16,15 +16,13 @@ pub fn identity_summary(identity: &Identity, raw: bool) -> Value {
             signature,
         } => {
             let doc = aws::parse_document(document.expose());
-            let mut v = json!({
-                "cloud": "aws",
-                "signature_bytes": signature.len(),
-                "document_bytes": document.len(),
-            });
+            let mut v = json!({ "cloud": "aws" });
             match doc {
                 Ok(d) => v["document"] = serde_json::to_value(d).unwrap_or(Value::Null),
                 Err(e) => v["document_error"] = json!(e),
             }
+            v["document_bytes"] = json!(document.len());
+            v["signature_bytes"] = json!(signature.len());
             if raw {
                 v["raw"] = json!({"document": document.expose(), "signature": signature.expose()});
             }

@@ -32,7 +32,12 @@ impl Secret {
     /// A short, non-reversible hint for diagnostics: the length and the first
     /// few characters, never enough to replay the value.
     pub fn shortened(&self, keep: usize) -> String {
-        let head: String = self.0.chars().take(keep).collect();
+        let head: String = self
+            .0
+            .chars()
+            .take(keep)
+            .flat_map(char::escape_debug)
+            .collect();
         format!("{head}… ({} bytes)", self.0.len())
     }
 }
