@@ -64,6 +64,13 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }
+    if dir.exists() {
+        return Err(StoreError(format!(
+            "cannot use {} as the token directory: it exists but is not a directory\n\
+             fix: pass --token-file with a path inside a directory",
+            dir.display()
+        )));
+    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -477,6 +477,11 @@ async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared:
             Outcome::Respond(resp) => trickle(&mut s, &resp.to_bytes(), bytes_per_sec).await,
             Outcome::Hang => hang().await,
         },
+        Some(FaultKind::Redirect { status, location }) => {
+            let resp = Response::new(status, "text/plain; charset=utf-8", "redirect")
+                .with_header("Location", location);
+            send(&mut s, &resp).await;
+        }
         Some(FaultKind::Oversize(n)) => {
             let resp = Response::new(200, "text/plain; charset=utf-8", vec![b'a'; n]);
             send(&mut s, &resp).await;

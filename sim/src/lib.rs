@@ -120,6 +120,20 @@ pub enum FaultKind {
     Oversize(usize),
     /// Send the headers with the real Content-Length, then half the body, then close.
     Truncate,
+    /// Answer a redirect (`status` 301/302/307/308) to `location`.
+    Redirect { status: u16, location: String },
+}
+
+/// Which certificate the HTTPS Coder server presents (with `coder_tls`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CertKind {
+    /// Valid now, for `localhost`, `127.0.0.1` and `::1`.
+    #[default]
+    Valid,
+    /// Valid for the right names, but expired (2020–2021).
+    Expired,
+    /// Valid now, but only for `wrong.example`.
+    WrongHost,
 }
 
 /// A fault: the first `times` requests to `target` whose request target (path and query)
@@ -232,6 +246,8 @@ pub struct SimConfig {
     pub structured_409: bool,
     /// Serve Coder over HTTPS with a CA generated at start (see [`Sim::ca_pem`]).
     pub coder_tls: bool,
+    /// The certificate presented with `coder_tls`.
+    pub coder_cert: CertKind,
     /// AWS: the token PUT answers 405; GETs without a token work (IMDSv1).
     pub imds_v1_only: bool,
     /// AWS: the token PUT never answers (hop limit 1 in a container); GETs without a token work.
@@ -250,6 +266,7 @@ impl SimConfig {
             legacy_duplicate_names: false,
             structured_409: false,
             coder_tls: false,
+            coder_cert: CertKind::Valid,
             imds_v1_only: false,
             imds_put_hangs: false,
             azure_throttle: true,
@@ -397,6 +414,14 @@ impl Shared {
     pub(crate) fn issue_token(&self, agent: &str) -> String {
         let token = crypto::uuid_v4();
         lock(&self.tokens).push((agent.to_string(), token.clone()));
+        if let Some(log) = &self.request_log {
+            // The request log doubles as the record of issued (simulator-only) tokens,
+            // so out-of-process tests can check what the client stored.
+            let line = serde_json::json!({ "issued": { "agent": agent, "token": token } });
+            let mut f = lock(log);
+            let _ = writeln!(f, "{line}");
+            let _ = f.flush();
+        }
         token
     }
 }
@@ -453,7 +478,7 @@ impl Sim {
         request_log: Option<File>,
     ) -> io::Result<Sim> {
         let tls = if cfg.coder_tls {
-            Some(tls::make().map_err(io::Error::other)?)
+            Some(tls::make(cfg.coder_cert).map_err(io::Error::other)?)
         } else {
             None
         };

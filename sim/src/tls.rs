@@ -15,7 +15,7 @@ pub(crate) struct TlsMaterial {
     pub acceptor: TlsAcceptor,
 }
 
-pub(crate) fn make() -> Result<TlsMaterial, String> {
+pub(crate) fn make(kind: crate::CertKind) -> Result<TlsMaterial, String> {
     let e = |what: &str, err: &dyn std::fmt::Display| format!("{what}: {err}");
     let ca_key = KeyPair::generate().map_err(|x| e("CA key", &x))?;
     let mut ca_params =
@@ -32,12 +32,19 @@ pub(crate) fn make() -> Result<TlsMaterial, String> {
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|x| e("CA cert", &x))?;
 
     let leaf_key = KeyPair::generate().map_err(|x| e("leaf key", &x))?;
-    let mut leaf_params = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])
-    .map_err(|x| e("leaf params", &x))?;
+    let names = match kind {
+        crate::CertKind::WrongHost => vec!["wrong.example".to_string()],
+        _ => vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ],
+    };
+    let mut leaf_params = CertificateParams::new(names).map_err(|x| e("leaf params", &x))?;
+    if kind == crate::CertKind::Expired {
+        leaf_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        leaf_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "localhost");

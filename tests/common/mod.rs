@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 #[allow(unused_imports)]
-pub use coder_agent_auth_sim::{Cloud, Fault, FaultKind, Recorded, Sim, SimConfig, Target};
+pub use coder_agent_auth_sim::{
+    CertKind, Cloud, Fault, FaultKind, Recorded, Sim, SimConfig, Target,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_coder-agent-auth");
 

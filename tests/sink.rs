@@ -1,0 +1,151 @@
+//! Token sink edge cases as users meet them: umask, read-only filesystems,
+//! unwritable directories, and running as a normal user.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use common::*;
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn as_nobody(c: &mut Command) {
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn mode_is_0600_under_a_permissive_umask() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new/dir/main.token");
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(&path);
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(
+        mode(path.parent().unwrap()),
+        0o700,
+        "a created directory is 0700"
+    );
+}
+
+#[test]
+fn an_unusable_target_fails_with_7_before_any_request() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    fs::write(&file, "x").unwrap();
+    for (target, want) in [
+        (file.join("main.token"), "not a directory"),
+        (dir.path().to_path_buf(), "is a directory"),
+    ] {
+        let mut c = command(&sim, &Cloud::Aws);
+        c.arg("--token-file").arg(&target);
+        let r = run(c);
+        assert_eq!(r.code, 7, "{r:?}");
+        assert!(r.stderr.contains(want), "{}", r.stderr);
+        assert!(r.stderr.contains("fix:"), "{}", r.stderr);
+    }
+    assert!(sim.requests().is_empty(), "checked before the exchange");
+}
+
+#[test]
+fn a_read_only_filesystem_fails_with_7() {
+    if !is_root() || Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("SKIPPED a_read_only_filesystem_fails_with_7: needs root and unshare(1)");
+        return;
+    }
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ro = dir.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    let target = ro.join("main.token");
+    // A private mount namespace with a read-only tmpfs over `ro`.
+    let c = command(&sim, &Cloud::Aws);
+    let program = c.get_program().to_owned();
+    let envs: Vec<_> = c
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+        .collect();
+    let mut u = Command::new("unshare");
+    u.env_clear();
+    for (k, v) in envs {
+        if let Some(v) = v {
+            u.env(k, v);
+        }
+    }
+    u.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o ro none \"$1\" && shift && exec \"$@\"")
+        .arg("sh")
+        .arg(&ro)
+        .arg(program)
+        .arg("--token-file")
+        .arg(&target);
+    let r = run(u);
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(r.stderr.contains(&ro.display().to_string()), "{}", r.stderr);
+    assert!(r.stderr.contains("read-only"), "{}", r.stderr);
+    assert!(sim.requests().is_empty());
+}
+
+#[test]
+fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_write() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        return;
+    }
+    let sim = start(Cloud::Gcp, &["main"]);
+    let base = tempfile::Builder::new()
+        .prefix("caa-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mine = base.path().join("mine");
+    fs::create_dir(&mine).unwrap();
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+
+    let mut c = command(&sim, &Cloud::Gcp);
+    c.arg("--token-file").arg(mine.join("main.token"));
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    let meta = fs::metadata(mine.join("main.token")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // The default path under /run is root's: a clear exit 7 with the fix.
+    let mut c = command(&sim, &Cloud::Gcp);
+    c.arg("--token-file")
+        .arg(base.path().join("root-owned.token"));
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains(&base.path().display().to_string()),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--token-file"), "{}", r.stderr);
+}
