@@ -1,0 +1,85 @@
+//! A fleet booting: 500 concurrent exchanges against one simulator on
+//! loopback. Every exchange must store its own correct token; nothing may be
+//! lost. Prints p50/p99 (figures, not assertions). Bounded: each run has a
+//! 120 s deadline and the test stops by itself.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const FLEET: usize = 500;
+const AGENTS: usize = 10;
+
+#[test]
+fn five_hundred_concurrent_exchanges_each_get_their_own_token() {
+    let names: Vec<String> = (0..AGENTS).map(|i| format!("agent{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sim = start(Cloud::Aws, &refs);
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut children = Vec::with_capacity(FLEET);
+    for i in 0..FLEET {
+        let mut c = command(&sim, &Cloud::Aws);
+        c.args([
+            "--agent-name",
+            &names[i % AGENTS],
+            "--timeout",
+            "120s",
+            "-q",
+        ])
+        .arg("--token-file")
+        .arg(dir.path().join(format!("{i}.token")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        children.push((i, Instant::now(), c.spawn().expect("spawn")));
+    }
+    let mut times = Vec::with_capacity(FLEET);
+    let mut failures = Vec::new();
+    for (i, t0, child) in children {
+        let out = child.wait_with_output().unwrap();
+        times.push(t0.elapsed());
+        if !out.status.success() {
+            failures.push((i, String::from_utf8_lossy(&out.stderr).into_owned()));
+        }
+    }
+    let wall = started.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{} of {FLEET} failed; first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+
+    // Every file holds a distinct token that the sim issued to that file's agent.
+    let issued: HashMap<String, String> = sim.tokens().into_iter().map(|(a, t)| (t, a)).collect();
+    assert_eq!(issued.len(), FLEET, "exactly one token issued per exchange");
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..FLEET {
+        let token = fs::read_to_string(dir.path().join(format!("{i}.token")))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(
+            issued.get(&token),
+            Some(&names[i % AGENTS]),
+            "exchange {i} stored a token of another agent"
+        );
+        assert!(seen.insert(token), "exchange {i} stored a duplicate token");
+    }
+
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "fleet: {FLEET} concurrent exchanges, all correct; wall {:.0} ms; per exchange p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms(wall),
+        ms(pct(0.50)),
+        ms(pct(0.99)),
+        ms(*times.last().unwrap())
+    );
+}
