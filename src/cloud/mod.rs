@@ -172,15 +172,15 @@ impl MetadataClient {
         what: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<MetaResponse, MetadataError> {
-        let (url, method) = match req.try_clone().and_then(|r| r.build().ok()) {
-            Some(r) => (r.url().to_string(), r.method().to_string()),
-            None => (String::from("?"), String::from("?")),
-        };
-        let mut resp = req.send().await.map_err(|e| {
+        let req = req.build().map_err(|e| {
+            MetadataError::refused(format!("{what}: invalid request: {}", describe_reqwest(&e)))
+        })?;
+        let (method, url) = (req.method().clone(), req.url().clone());
+        let mut resp = self.http.execute(req).await.map_err(|e| {
             MetadataError::transient(format!("{what}: {method} {url}: {}", describe_reqwest(&e)))
         })?;
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
+        let headers = std::mem::take(resp.headers_mut());
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
