@@ -310,6 +310,9 @@ impl ExchangeArgs {
                 None if !self.command.is_empty() => TokenTarget::None,
                 None => TokenTarget::File(default_token_path(agent_name.as_deref())),
             };
+        if self.json && !self.command.is_empty() {
+            return Err("--json cannot be combined with -- COMMAND: the command replaces this process, so no outcome would be printed".into());
+        }
         if self.json && token == TokenTarget::Stdout {
             return Err(
                 "--json and --token-file - both want stdout; write the token to a file with --json"
@@ -357,6 +360,12 @@ fn parse_http_url(raw: &str, what: &str) -> Result<Url, String> {
     let url = Url::parse(raw.trim()).map_err(|e| {
         format!("{what} {raw:?} is not a valid URL ({e}); expected e.g. https://coder.example.com")
     })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{what} carries credentials (user:password@), which would end up in logs and error messages; \
+             remove them and use --header for any gateway authentication"
+        ));
+    }
     match url.scheme() {
         "http" | "https" if url.host().is_some() => Ok(url),
         "http" | "https" => Err(format!("{what} {raw:?} has no host")),
@@ -542,6 +551,12 @@ mod tests {
         assert!(parse_headers(&["no colon".into()]).is_err());
         assert!(parse_headers(&["bad name: v".into()]).is_err());
         assert!(parse_headers(&["X-Ok: a\nb".into()]).is_err());
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused() {
+        assert!(parse_http_url("https://u:p@coder.example.com", "--url").is_err());
+        assert!(parse_http_url("https://coder.example.com/", "--url").is_ok());
     }
 
     #[test]
