@@ -139,32 +139,50 @@ impl fmt::Display for ServerError {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct TokenBody {
-    session_token: Option<String>,
+/// The body as a JSON object, if it is one (serde's derived structs would also
+/// accept a JSON array, which Coder never sends).
+fn json_object(body: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// Could this body carry a session token? Then no part of it is shown. JSON
+/// `\u` escapes can spell any key, so they count too.
+fn may_carry_token(body: &[u8]) -> bool {
+    let has = |needle: &[u8]| {
+        body.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    has(b"session") || has(b"\\u")
 }
 
 /// Classify Coder's answer. Pure and total: never panics on any input.
 pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Exchange {
+    let object = json_object(body);
     if status == 200 {
-        return match serde_json::from_slice::<TokenBody>(body) {
-            Ok(TokenBody {
-                session_token: Some(t),
-            }) if !t.trim().is_empty() => Exchange::Token(Secret::new(t.trim())),
-            Ok(_) => Exchange::Unusable(format!(
+        let token = object
+            .as_ref()
+            .map(|m| m.get("session_token").and_then(|t| t.as_str()));
+        return match token {
+            Some(Some(t)) if !t.trim().is_empty() => Exchange::Token(Secret::new(t.trim())),
+            Some(_) => Exchange::Unusable(format!(
                 "Coder answered 200 without a session_token ({}); nothing was stored. Is --url the Coder deployment?",
                 describe_body(content_type, body)
             )),
-            Err(_) => Exchange::Unusable(format!(
+            None => Exchange::Unusable(format!(
                 "Coder answered 200 with a body that is not the expected JSON ({}); nothing was stored. \
                  Is --url the Coder deployment, or a proxy in front of it?",
                 describe_body(content_type, body)
             )),
         };
     }
-    let server: Option<ServerError> = serde_json::from_slice(body).ok();
+    let server: Option<ServerError> =
+        object.and_then(|m| serde_json::from_value(serde_json::Value::Object(m)).ok());
     let message = server.as_ref().map(|s| s.message.as_str()).unwrap_or("");
     let shown = match &server {
+        _ if may_carry_token(body) => describe_body(content_type, body),
         Some(s) if !s.message.is_empty() => s.to_string(),
         _ => describe_body(content_type, body),
     };
@@ -173,7 +191,7 @@ pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Exchang
             let names = server.as_ref().map(parse_candidates).unwrap_or_default();
             Exchange::Ambiguous {
                 names,
-                message: if message.is_empty() { shown } else { message.to_string() },
+                message: if message.is_empty() || may_carry_token(body) { shown } else { message.to_string() },
             }
         }
         404 if server.is_some() && is_instance_not_found(message) => Exchange::Transient(format!(
@@ -249,12 +267,9 @@ pub fn describe_body(content_type: Option<&str>, body: &[u8]) -> String {
     if body.is_empty() {
         return format!("{ct}, empty body");
     }
-    if body
-        .windows(b"session_token".len())
-        .any(|w| w == b"session_token")
-    {
+    if may_carry_token(body) {
         return format!(
-            "{ct}, {} bytes, body withheld because it mentions session_token",
+            "{ct}, {} bytes, body withheld because it may carry a session token",
             body.len()
         );
     }
@@ -479,6 +494,27 @@ mod tests {
             panic!()
         };
         assert!(!m.contains("secret-abc"), "{m}");
+    }
+
+    #[test]
+    fn fuzz_finds_stay_fixed() {
+        // A JSON array is not a token answer.
+        assert!(matches!(
+            classify(200, JSON, br#"["8f0e1c2d-7a3b-4c5d"]"#),
+            Exchange::Unusable(_)
+        ));
+        // An escaped key must not smuggle the token into a message.
+        for (status, body) in [
+            (502, &br#"{"session\u005ftoken":"8f0e1c2d-7a3b-4c5d"}"#[..]),
+            (200, br#"{"session\u005ftoken":"8f0e1c2d-7a3b-4c5d""#),
+            (
+                500,
+                br#"{"message":"8f0e1c2d-7a3b-4c5d","session_token":"8f0e1c2d-7a3b-4c5d"}"#,
+            ),
+        ] {
+            let text = format!("{:?}", classify(status, JSON, body));
+            assert!(!text.contains("8f0e1c2d"), "{status}: {text}");
+        }
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! `inspect::identity_summary` (the `identity` command) on fuzzed identities.
+//! Byte 0 picks the cloud and `raw`; the rest is split at the first 0xff
+//! into two fields. For Azure, odd modes wrap the first field into a valid
+//! PKCS#7 SignedData so the JSON branch is reached.
+#![no_main]
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use coder_agent_auth::cloud::Identity;
+use coder_agent_auth::inspect::{identity_summary, render_text};
+use coder_agent_auth::secret::Secret;
+use libfuzzer_sys::fuzz_target;
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        v.push(n as u8);
+    } else {
+        v.push(0x82);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    }
+    v.extend_from_slice(content);
+    v
+}
+
+fn signed_data(content: &[u8]) -> Vec<u8> {
+    let oid_sd = tlv(
+        0x06,
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02],
+    );
+    let oid_data = tlv(
+        0x06,
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01],
+    );
+    let encap = tlv(0x30, &[oid_data, tlv(0xa0, &tlv(0x04, content))].concat());
+    let sd = tlv(
+        0x30,
+        &[tlv(0x02, &[1]), tlv(0x31, &[]), encap, tlv(0x31, &[])].concat(),
+    );
+    tlv(0x30, &[oid_sd, tlv(0xa0, &sd)].concat())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if rest.len() > 60_000 {
+        return;
+    }
+    let (a, b) = match rest.iter().position(|&x| x == 0xff) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let a_text = String::from_utf8_lossy(a).into_owned();
+    let b_text = String::from_utf8_lossy(b).into_owned();
+    let raw = mode & 0x80 != 0;
+    let (identity, secret) = match mode % 4 {
+        0 => (
+            Identity::Aws {
+                document: Secret::new(a_text.clone()),
+                signature: Secret::new(b_text.clone()),
+            },
+            // The signature is never shown; the document's fields are.
+            (!a_text.contains(&b_text)).then_some(b_text),
+        ),
+        1 => (
+            Identity::Gcp {
+                jwt: Secret::new(a_text.clone()),
+            },
+            Some(a_text),
+        ),
+        2 => (
+            Identity::Azure {
+                encoding: "pkcs7".into(),
+                signature: Secret::new(a_text.clone()),
+            },
+            Some(a_text),
+        ),
+        _ => {
+            let sig = STANDARD.encode(signed_data(a));
+            (
+                Identity::Azure {
+                    encoding: "pkcs7".into(),
+                    signature: Secret::new(sig.clone()),
+                },
+                Some(sig),
+            )
+        }
+    };
+    let v = identity_summary(&identity, raw);
+    let text = render_text(&v);
+    assert_eq!(v.get("raw").is_some(), raw, "raw shown iff asked");
+    if !raw {
+        if let Some(s) = secret.filter(|s| s.len() >= 16) {
+            assert!(!v.to_string().contains(&s), "secret shown without --raw");
+            assert!(!text.contains(&s), "secret shown without --raw");
+        }
+    }
+});
