@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Benchmark harness for coder-agent-auth (issue 6). Run it through bench/run.sh.
+
+Times the release binary's full exchange against bench/curl-exchange.sh on loopback against the
+simulator (AWS, GCP, Azure; N alternating runs each), the `--version` cold start, the stripped
+binary size and the peak RSS of one AWS exchange. Prints one Markdown table and writes it, with
+the date and machine, to bench/RESULTS.md.
+
+Every timed run must succeed (exit 0, the token file holds a UUID-shaped token, and every token
+is distinct: the simulator issues one per call); otherwise the benchmark stops with exit 1.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MIB = 1024 * 1024
+CLOUDS = ("aws", "gcp", "azure")
+AGENT = "main"
+WARMUP = 2
+
+# Targets (figures to check, not assertions: a MISS does not fail the run).
+T_AWS_RATIO = 0.25
+T_SIZE_MIB = 4.0
+T_RSS_MIB = 10.0
+T_VERSION_MS = 5.0
+
+
+class BenchError(Exception):
+    pass
+
+
+def die(msg):
+    print(f"bench: FAILED: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def p90(xs):
+    """Nearest-rank 90th percentile."""
+    s = sorted(xs)
+    k = max(0, -(-9 * len(s) // 10) - 1)  # ceil(0.9 n) - 1
+    return s[k]
+
+
+def ms(ns):
+    return ns / 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulator
+
+class Sim:
+    def __init__(self, sim_bin, cloud, workdir):
+        self.cloud = cloud
+        ready = os.path.join(workdir, f"sim-{cloud}.ready.json")
+        self.log = open(os.path.join(workdir, f"sim-{cloud}.log"), "wb")
+        cmd = [sim_bin, "serve", "--cloud", cloud, "--agents", AGENT,
+               "--metadata-addr", "127.0.0.1:0", "--coder-addr", "127.0.0.1:0",
+               "--ready-file", ready]
+        if cloud == "azure":
+            cmd.append("--no-azure-throttle")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(ready):
+            if self.proc.poll() is not None:
+                raise BenchError(f"simulator ({cloud}) exited with {self.proc.returncode}; "
+                                 f"see {self.log.name}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"simulator ({cloud}) not ready after 20 s")
+            time.sleep(0.01)
+        with open(ready) as f:
+            info = json.load(f)
+        self.metadata_url = info["metadata_url"]
+        self.metadata_host_port = info["metadata_host_port"]
+        self.coder_url = info["coder_url"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+def clean_env():
+    """The caller's environment without anything that would steer either client."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CODER_", "AWS_EC2_", "GCE_", "RUST_LOG"))}
+    return env
+
+
+def ours_cmd(binary, sim, token_file):
+    env = clean_env()
+    if sim.cloud == "aws":
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = sim.metadata_url
+    elif sim.cloud == "gcp":
+        env["GCE_METADATA_HOST"] = sim.metadata_host_port
+    else:
+        env["CODER_AGENT_METADATA_ENDPOINT"] = sim.metadata_url
+    cmd = [binary, "--auth", sim.cloud, "--url", sim.coder_url,
+           "--agent-name", AGENT, "--token-file", token_file]
+    return cmd, env
+
+
+def curl_cmd(script, sim, token_file):
+    return (["bash", script, sim.cloud, sim.metadata_url, sim.coder_url, AGENT, token_file],
+            clean_env())
+
+
+class Runner:
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.seen = set()
+        self.count = 0
+
+    def token_path(self):
+        self.count += 1
+        return os.path.join(self.workdir, f"run-{self.count}.token")
+
+    def check(self, label, proc, token_file):
+        if proc.returncode != 0:
+            raise BenchError(f"{label}: exit {proc.returncode}\n--- stdout\n{proc.stdout!r}\n"
+                             f"--- stderr\n{proc.stderr.decode(errors='replace')}")
+        try:
+            with open(token_file) as f:
+                tok = f.read().strip()
+        except OSError as e:
+            raise BenchError(f"{label}: exit 0 but no token file: {e}")
+        if not UUID.match(tok):
+            raise BenchError(f"{label}: the token file does not hold a UUID-shaped token "
+                             f"({len(tok)} chars)")
+        if tok in self.seen:
+            raise BenchError(f"{label}: token {tok} was already issued to an earlier run")
+        self.seen.add(tok)
+        os.unlink(token_file)
+
+    def timed(self, label, make):
+        """Run one exchange; return its wall time in ns, after checking it succeeded."""
+        tf = self.token_path()
+        cmd, env = make(tf)
+        t0 = time.perf_counter_ns()
+        p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        t1 = time.perf_counter_ns()
+        self.check(label, p, tf)
+        return t1 - t0
+
+    def rss_kib(self, label, make, time_bin):
+        """Peak RSS (KiB) of one exchange via /usr/bin/time -v, after checking it succeeded."""
+        tf = self.token_path()
+        cmd, env = make(tf)
+        rep = os.path.join(self.workdir, f"time-{self.count}.txt")
+        p = subprocess.run([time_bin, "-v", "-o", rep] + cmd, env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.check(label + " (under time -v)", p, tf)
+        with open(rep) as f:
+            m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", f.read())
+        if not m:
+            raise BenchError(f"{label}: no 'Maximum resident set size' in time -v output")
+        return int(m.group(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+def bench_version(binary, n):
+    env = clean_env()
+    times = []
+    for i in range(n + 1):  # run 0 is "first", reported separately
+        t0 = time.perf_counter_ns()
+        p = subprocess.run([binary, "--version"], env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        t1 = time.perf_counter_ns()
+        if p.returncode != 0 or not p.stdout.startswith(b"coder-agent-auth "):
+            raise BenchError(f"--version: exit {p.returncode}, stdout {p.stdout!r}")
+        times.append(t1 - t0)
+    return times[0], times[1:]
+
+
+def bench_spawn_baseline(n):
+    """Harness overhead: fork+exec+wait of /bin/true from this harness."""
+    true = shutil.which("true") or "/bin/true"
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        subprocess.run([true], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, check=True)
+        times.append(time.perf_counter_ns() - t0)
+    return times
+
+
+def bench_exchange(runner, binary, script, sim, n):
+    ours = lambda tf: ours_cmd(binary, sim, tf)
+    curl = lambda tf: curl_cmd(script, sim, tf)
+    for _ in range(WARMUP):  # warm both paths (page cache, sim); checked, not counted
+        runner.timed(f"{sim.cloud} ours (warm-up)", ours)
+        runner.timed(f"{sim.cloud} curl (warm-up)", curl)
+    t_ours, t_curl = [], []
+    for i in range(n):
+        # Alternate, and alternate which one goes first, so drift hits both equally.
+        pair = [("ours", ours, t_ours), ("curl", curl, t_curl)]
+        if i % 2:
+            pair.reverse()
+        for who, make, acc in pair:
+            acc.append(runner.timed(f"{sim.cloud} {who} run {i + 1}", make))
+    return t_ours, t_curl
+
+
+def stripped_size(binary, workdir):
+    on_disk = os.path.getsize(binary)
+    strip = shutil.which("strip")
+    if not strip:
+        return on_disk, on_disk, "strip not found: on-disk size (profile.release has strip = true)"
+    copy = os.path.join(workdir, "coder-agent-auth.stripped")
+    shutil.copyfile(binary, copy)
+    subprocess.run([strip, copy], check=True)
+    return on_disk, os.path.getsize(copy), None
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    return {"nproc": nproc, "cpu": cpu, "kernel": platform.release(),
+            "os": platform.system() + " " + platform.machine()}
+
+
+def fs_type(path):
+    for cmd in (["findmnt", "-n", "-o", "FSTYPE", "-T", path], ["stat", "-f", "-c", "%T", path]):
+        try:
+            out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True).stdout.strip()
+        except OSError:
+            continue
+        if out:
+            return out
+    return "?"
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
+
+
+def tool_version(cmd):
+    try:
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True).stdout.splitlines()[0].strip()
+    except (OSError, IndexError):
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+def build_report(a, n):
+    rows = []
+
+    def row(*cells):
+        rows.append("| " + " | ".join(cells) + " |")
+
+    row("measure", "coder-agent-auth", "curl script", "ours/curl", "target", "result")
+    row("---", "---:", "---:", "---:", "---", "---")
+    for cloud in CLOUDS:
+        o, c = a["exchange"][cloud]
+        ratio = median(o) / median(c)
+        if cloud == "aws":
+            tgt, res = f"≤ {T_AWS_RATIO}×", verdict(ratio <= T_AWS_RATIO)
+        else:
+            tgt, res = "", ""
+        row(f"{cloud.upper() if cloud != 'azure' else 'Azure'} exchange, median (p90)",
+            f"{ms(median(o)):.2f} ms ({ms(p90(o)):.2f})",
+            f"{ms(median(c)):.2f} ms ({ms(p90(c)):.2f})",
+            f"{ratio:.3f}×", tgt, res)
+    first, vt = a["version"]
+    vmed = ms(median(vt))
+    row("`--version` cold start, median (p90); first",
+        f"{vmed:.2f} ms ({ms(p90(vt)):.2f}); first {ms(first):.2f} ms", "", "",
+        f"≤ {T_VERSION_MS:g} ms", verdict(vmed <= T_VERSION_MS))
+    sb = a["spawn"]
+    row("harness spawn overhead (`true`), median", f"{ms(median(sb)):.2f} ms",
+        "", "", "(included above)", "")
+    on_disk, stripped, note = a["size"]
+    row("stripped binary size", f"{stripped} B = {stripped / MIB:.2f} MiB"
+        + (f" (on disk {on_disk} B)" if on_disk != stripped else ""),
+        "", "", f"≤ {T_SIZE_MIB:g} MiB", verdict(stripped <= T_SIZE_MIB * MIB))
+    rss, rss_curl = a["rss"]
+    rmax = max(rss)
+    row(f"peak RSS, AWS exchange (max of {len(rss)})", f"{rmax} KiB = {rmax / 1024:.2f} MiB",
+        f"{max(rss_curl)} KiB (largest process)", "", f"≤ {T_RSS_MIB:g} MiB",
+        verdict(rmax <= T_RSS_MIB * 1024))
+    table = "\n".join(rows)
+
+    m = a["machine"]
+    header = (f"coder-agent-auth benchmark — {a['date']}\n"
+              f"machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']} ({m['os']}); "
+              f"1-min load average {a['load_before']} before, {a['load_after']} after "
+              f"(other work on the machine skews every figure)\n"
+              f"tools: {a['tools']}\n"
+              f"token files in: {a['tokdir']} ({a['tokfs']}; coder-agent-auth fsyncs the file "
+              f"and its directory, curl-exchange.sh does not)\n"
+              f"method: loopback against coder-agent-auth-sim; N={n} alternating runs per cloud "
+              f"after {WARMUP} warm-up pairs; wall time of fork+exec+exit from a Python harness "
+              f"(time.perf_counter_ns around subprocess.run); every run checked (exit 0, "
+              f"UUID-shaped token in the token file, all tokens distinct).")
+    notes = []
+    if note:
+        notes.append(note)
+    return header, table, notes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--sim", required=True)
+    ap.add_argument("--curl-script", required=True)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--time-bin", default="/usr/bin/time")
+    ap.add_argument("-n", type=int, default=int(os.environ.get("N", "30")))
+    args = ap.parse_args()
+    n = args.n
+    if n < 1:
+        die("N must be at least 1")
+
+    a = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+         "machine": machine(),
+         "tools": "; ".join([tool_version([args.bin, "--version"]),
+                             tool_version(["curl", "--version"]).split(" (")[0],
+                             tool_version(["jq", "--version"]),
+                             tool_version(["bash", "--version"]).split(" (")[0],
+                             "python " + platform.python_version()])}
+    workdir = tempfile.mkdtemp(prefix="coder-agent-auth-bench-")
+    a["tokdir"] = os.path.dirname(workdir)
+    a["tokfs"] = fs_type(workdir)
+    a["load_before"] = loadavg()
+    sims = []
+    try:
+        # Cold start first, before any exchange runs the binary again.
+        print(f"bench: --version x{n + 1} ...", file=sys.stderr)
+        a["version"] = bench_version(args.bin, n)
+        a["spawn"] = bench_spawn_baseline(n)
+        a["size"] = stripped_size(args.bin, workdir)
+
+        runner = Runner(workdir)
+        a["exchange"] = {}
+        for cloud in CLOUDS:
+            sim = Sim(args.sim, cloud, workdir)
+            sims.append(sim)
+            print(f"bench: {cloud}: {WARMUP} warm-up pairs + {n} alternating pairs ...",
+                  file=sys.stderr)
+            a["exchange"][cloud] = bench_exchange(runner, args.bin, args.curl_script, sim, n)
+            if cloud == "aws":
+                print("bench: aws: peak RSS under /usr/bin/time -v ...", file=sys.stderr)
+                rss = [runner.rss_kib("aws ours", lambda tf: ours_cmd(args.bin, sim, tf),
+                                      args.time_bin) for _ in range(5)]
+                rss_curl = [runner.rss_kib("aws curl",
+                                           lambda tf: curl_cmd(args.curl_script, sim, tf),
+                                           args.time_bin) for _ in range(3)]
+                a["rss"] = (rss, rss_curl)
+            sim.stop()
+        a["load_after"] = loadavg()
+        print(f"bench: {runner.count} exchanges, all succeeded with distinct tokens",
+              file=sys.stderr)
+    except BenchError as e:
+        die(str(e))
+    finally:
+        for s in sims:
+            s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    header, table, notes = build_report(a, n)
+    print()
+    print(header)
+    print()
+    print(table)
+    for x in notes:
+        print(f"note: {x}")
+
+    md = ["# coder-agent-auth benchmark results", "",
+          "Generated by `bench/run.sh` (overwritten on every run). Targets are figures to check, "
+          "not assertions.", ""]
+    md += [f"- {line}" for line in header.splitlines()[0:]]
+    md += ["", table, ""]
+    md += [f"Note: {x}" for x in notes]
+    with open(args.results, "w") as f:
+        f.write("\n".join(md).rstrip() + "\n")
+    print(f"\nbench: wrote {args.results}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
