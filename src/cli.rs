@@ -472,9 +472,11 @@ pub fn parse_headers(raw: &[String]) -> Result<HeaderMap, String> {
                 name.trim()
             )
         })?;
-        let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+        let mut value = HeaderValue::from_str(value.trim()).map_err(|_| {
             format!("invalid --header value for {name}: it contains a control character or a line break")
         })?;
+        // Values may be credentials (cookies, gateway tokens): keep them out of Debug output.
+        value.set_sensitive(true);
         map.append(name, value);
     }
     Ok(map)
@@ -548,6 +550,10 @@ mod tests {
         let h = parse_headers(&["X-Test: a b".into(), "Cookie:x=1".into()]).unwrap();
         assert_eq!(h["x-test"], "a b");
         assert_eq!(h["cookie"], "x=1");
+        assert!(
+            !format!("{h:?}").contains("x=1"),
+            "values are redacted in Debug"
+        );
         assert!(parse_headers(&["no colon".into()]).is_err());
         assert!(parse_headers(&["bad name: v".into()]).is_err());
         assert!(parse_headers(&["X-Ok: a\nb".into()]).is_err());

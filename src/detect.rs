@@ -114,8 +114,6 @@ impl DmiSource {
     }
 }
 
-const DMI: &str = "sys/class/dmi/id";
-
 /// Does this `product_uuid` start with "ec2" in either byte order?
 pub fn is_ec2_uuid(uuid: &str) -> bool {
     let u = uuid.trim().to_ascii_lowercase();
@@ -134,80 +132,60 @@ pub fn is_ec2_uuid(uuid: &str) -> bool {
 /// Detect from DMI alone. Returns the first decisive cloud (Azure, GCP, AWS
 /// order, as cloud-init) and every signal read.
 pub fn detect_dmi(src: &DmiSource, aws_disabled: bool) -> (Option<Cloud>, Vec<Signal>) {
-    let mut signals = Vec::new();
-    let mut found = None;
-    let mut look =
-        |rel: &str, decide: &dyn Fn(&str) -> bool, cloud: Cloud, found: &mut Option<Cloud>| {
-            let (source, reading) = src.read(rel);
-            let decisive = reading.value().is_some_and(decide);
-            signals.push(Signal {
-                source,
-                reading,
-                decides: decisive.then_some(cloud.short()),
-            });
-            if decisive && found.is_none() && !(cloud == Cloud::Aws && aws_disabled) {
-                *found = Some(cloud);
-            }
-        };
-    let dmi = |f: &str| format!("{DMI}/{f}");
-    look(
-        &dmi("chassis_asset_tag"),
-        &|v| v == AZURE_ASSET_TAG,
-        Cloud::Azure,
-        &mut found,
-    );
-    if found.is_none() {
-        look(
-            &dmi("product_name"),
-            &|v| v == "Google Compute Engine" || v == "Google",
+    type Decide = fn(&str) -> bool;
+    // (file under the root, the test that makes it decisive, the cloud it decides)
+    const SIGNALS: [(&str, Decide, Cloud); 8] = [
+        (
+            "sys/class/dmi/id/chassis_asset_tag",
+            |v| v == AZURE_ASSET_TAG,
+            Cloud::Azure,
+        ),
+        (
+            "sys/class/dmi/id/product_name",
+            |v| v == "Google Compute Engine" || v == "Google",
             Cloud::Gcp,
-            &mut found,
-        );
-    }
-    if found.is_none() {
-        look(
-            &dmi("product_serial"),
-            &|v| v.starts_with("GoogleCloud-"),
+        ),
+        (
+            "sys/class/dmi/id/product_serial",
+            |v| v.starts_with("GoogleCloud-"),
             Cloud::Gcp,
-            &mut found,
-        );
-    }
-    if found.is_none() {
-        look(
+        ),
+        (
             "sys/hypervisor/uuid",
-            &|v| v.to_ascii_lowercase().starts_with("ec2"),
+            |v| v.to_ascii_lowercase().starts_with("ec2"),
             Cloud::Aws,
-            &mut found,
-        );
-    }
-    if found.is_none() {
-        look(&dmi("product_uuid"), &is_ec2_uuid, Cloud::Aws, &mut found);
-    }
-    if found.is_none() {
-        look(
-            &dmi("board_asset_tag"),
-            &|v| v.starts_with("i-"),
+        ),
+        ("sys/class/dmi/id/product_uuid", is_ec2_uuid, Cloud::Aws),
+        (
+            "sys/class/dmi/id/board_asset_tag",
+            |v| v.starts_with("i-"),
             Cloud::Aws,
-            &mut found,
-        );
-    }
-    if found.is_none() {
-        look(
-            &dmi("sys_vendor"),
-            &|v| v == "Amazon EC2",
+        ),
+        (
+            "sys/class/dmi/id/sys_vendor",
+            |v| v == "Amazon EC2",
             Cloud::Aws,
-            &mut found,
-        );
-    }
-    if found.is_none() {
-        look(
-            &dmi("bios_vendor"),
-            &|v| v == "Amazon EC2",
+        ),
+        (
+            "sys/class/dmi/id/bios_vendor",
+            |v| v == "Amazon EC2",
             Cloud::Aws,
-            &mut found,
-        );
+        ),
+    ];
+    let mut signals = Vec::new();
+    for (rel, decide, cloud) in SIGNALS {
+        let (source, reading) = src.read(rel);
+        let decisive = reading.value().is_some_and(decide);
+        signals.push(Signal {
+            source,
+            reading,
+            decides: decisive.then_some(cloud.short()),
+        });
+        if decisive && !(cloud == Cloud::Aws && aws_disabled) {
+            return (Some(cloud), signals);
+        }
     }
-    (found, signals)
+    (None, signals)
 }
 
 async fn probe_one(client: MetadataClient, endpoints: Endpoints, cloud: Cloud) -> Probe {

@@ -133,7 +133,11 @@ async fn get(
     let url = join(base, path);
     let mut req = client.request(Method::GET, url.clone());
     if let Some(t) = token {
-        req = req.header(TOKEN_HEADER, t.expose());
+        let mut value = reqwest::header::HeaderValue::from_str(t.expose()).map_err(|_| {
+            MetadataError::refused("AWS IMDSv2 answered a token that is not a valid header value")
+        })?;
+        value.set_sensitive(true);
+        req = req.header(TOKEN_HEADER, value);
     }
     let what = if path == DOCUMENT_PATH {
         "AWS instance identity document"
