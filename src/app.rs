@@ -56,7 +56,6 @@ pub struct Finished {
     pub result: Result<Outcome, Failure>,
     pub cloud: Option<Cloud>,
     pub agent_name: Option<String>,
-    pub token_file: Option<PathBuf>,
     /// `--json`: one JSON object on stdout. `detect --json` / `identity --json` too.
     pub json: bool,
     /// A diagnostic to print on stdout, even when the run failed (`detect` finding nothing).
@@ -66,16 +65,16 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// A run that failed before it started (usage errors).
-    pub fn failed(f: Failure) -> Self {
+    /// A run that failed before it started (usage errors); `json` is the
+    /// exchange's `--json`, so even a usage error prints its JSON object.
+    pub fn failed(f: Failure, json: bool) -> Self {
         Finished {
             result: Err(f),
             cloud: None,
             agent_name: None,
-            token_file: None,
-            json: false,
+            json,
             output: None,
-            exchange: false,
+            exchange: json,
         }
     }
 }
@@ -83,16 +82,9 @@ impl Finished {
 /// Run a mode; SIGINT/SIGTERM end it at once (no partial token file can exist:
 /// the file appears only by rename).
 pub async fn run(mode: Mode) -> Finished {
-    let (json, agent_name, token_file) = match &mode {
-        Mode::Exchange(c) => (
-            c.json,
-            c.agent_name.clone(),
-            match &c.token {
-                TokenTarget::File(p) => Some(p.clone()),
-                _ => None,
-            },
-        ),
-        Mode::Detect { json, .. } | Mode::Identity { json, .. } => (*json, None, None),
+    let (json, agent_name) = match &mode {
+        Mode::Exchange(c) => (c.json, c.agent_name.clone()),
+        Mode::Detect { json, .. } | Mode::Identity { json, .. } => (*json, None),
     };
     let is_exchange = matches!(mode, Mode::Exchange(_));
     let mut ctx = Ctx::default();
@@ -108,7 +100,6 @@ pub async fn run(mode: Mode) -> Finished {
         result,
         cloud: ctx.cloud,
         agent_name,
-        token_file,
         json,
         output: ctx.output,
         exchange: is_exchange,

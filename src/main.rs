@@ -7,8 +7,9 @@ use coder_agent_auth::{cli::Cli, error::Failure, logging, tls};
 fn main() {
     let cli = Cli::parse();
     logging::init(&cli.log_config());
+    let json = cli.sub.is_none() && cli.exchange.json;
     let finished = match cli.into_mode() {
-        Err(usage) => Finished::failed(Failure::Usage(usage)),
+        Err(usage) => Finished::failed(Failure::Usage(usage), json),
         Ok(mode) => {
             tls::install_provider();
             match tokio::runtime::Builder::new_current_thread()
@@ -16,9 +17,10 @@ fn main() {
                 .build()
             {
                 Ok(rt) => rt.block_on(app::run(mode)),
-                Err(e) => Finished::failed(Failure::Internal(anyhow::anyhow!(
-                    "starting the async runtime: {e}"
-                ))),
+                Err(e) => Finished::failed(
+                    Failure::Internal(anyhow::anyhow!("starting the async runtime: {e}")),
+                    json,
+                ),
             }
         }
     };

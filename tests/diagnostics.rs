@@ -416,8 +416,12 @@ fn json_reports_each_outcome_and_never_the_token() {
     assert_eq!(v["status"], "timeout");
     assert_eq!(v["exit_code"], 6);
 
-    // --json and --token-file - cannot share stdout.
+    // --json and --token-file - cannot share stdout: a usage error, reported as JSON too.
     let mut c = auto(&sim, dmi.path());
     c.args(["--json", "--token-file", "-"]);
-    assert_eq!(run(c).code, 2);
+    let r = run(c);
+    assert_eq!(r.code, 2);
+    let v = json_out(&r);
+    assert_eq!(v["status"], "usage");
+    assert_eq!(v["exit_code"], 2);
 }
