@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Method, Url};
 
-use super::{common_status_error, join, Identity, MetadataClient, MetadataError};
+use super::{join, status_error, Identity, MetadataClient, MetadataError};
 use crate::secret::Secret;
 
 pub const TOKEN_PATH: &str = "/latest/api/token";
@@ -114,12 +114,7 @@ async fn put_token(client: &MetadataClient, base: &Url) -> Result<TokenAnswer, M
             "{what}: {url} answered 403: the instance metadata service is disabled for this instance; \
              enable it (aws ec2 modify-instance-metadata-options --http-endpoint enabled) or use another --auth"
         ))),
-        _ => Err(common_status_error(what, url, &resp).unwrap_or_else(|| {
-            MetadataError::refused(format!(
-                "{what}: {url} answered unexpected status {}",
-                resp.status
-            ))
-        })),
+        _ => Err(status_error(what, url, &resp)),
     }
 }
 
@@ -165,9 +160,7 @@ async fn get(
         404 => Err(MetadataError::refused(format!(
             "{what}: {url} answered 404: this metadata service has no instance identity; is this an EC2 instance?"
         ))),
-        _ => Err(common_status_error(what, url, &resp).unwrap_or_else(|| {
-            MetadataError::refused(format!("{what}: {url} answered unexpected status {}", resp.status))
-        })),
+        _ => Err(status_error(what, url, &resp)),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use reqwest::{Method, Url};
 
-use super::{body_snippet, common_status_error, join, Identity, MetadataClient, MetadataError};
+use super::{body_snippet, join, status_error, Identity, MetadataClient, MetadataError};
 use crate::secret::Secret;
 
 pub const ATTESTED_PATH: &str = "/metadata/attested/document?api-version=2020-09-01";
@@ -44,12 +44,7 @@ pub async fn fetch(client: &MetadataClient, base: &Url) -> Result<Identity, Meta
             resp.status,
             body_snippet(&resp.body)
         ))),
-        _ => Err(common_status_error(what, url, &resp).unwrap_or_else(|| {
-            MetadataError::refused(format!(
-                "{what}: {url} answered unexpected status {}",
-                resp.status
-            ))
-        })),
+        _ => Err(status_error(what, url, &resp)),
     }
 }
 

@@ -3,7 +3,7 @@
 use base64::Engine;
 use reqwest::{Method, Url};
 
-use super::{common_status_error, join, Identity, MetadataClient, MetadataError};
+use super::{join, status_error, Identity, MetadataClient, MetadataError};
 use crate::secret::Secret;
 
 pub const IDENTITY_PATH: &str =
@@ -37,12 +37,7 @@ pub async fn fetch(client: &MetadataClient, base: &Url) -> Result<Identity, Meta
             "{what}: {url} answered 404: the VM has no default service account, so it cannot \
              mint identity tokens; attach a service account to the instance"
         ))),
-        _ => Err(common_status_error(what, url, &resp).unwrap_or_else(|| {
-            MetadataError::refused(format!(
-                "{what}: {url} answered unexpected status {}",
-                resp.status
-            ))
-        })),
+        _ => Err(status_error(what, url, &resp)),
     }
 }
 

@@ -213,22 +213,21 @@ impl MetadataClient {
     }
 }
 
-/// The common status rules: 5xx and 429 are transient; 400 and 403 mean the
-/// service refuses. Other statuses are for the provider to judge.
-pub fn common_status_error(what: &str, url: &str, resp: &MetaResponse) -> Option<MetadataError> {
+/// The common status rules, for statuses a provider does not handle itself:
+/// 5xx and 429 are transient; 400, 403 and anything unexpected mean the
+/// service refuses (exit 5).
+pub fn status_error(what: &str, url: &str, resp: &MetaResponse) -> MetadataError {
     let status = resp.status;
     let snippet = body_snippet(&resp.body);
     match status {
-        429 => Some(MetadataError::transient(format!(
-            "{what}: {url} answered 429 (throttled)"
-        ))),
-        500..=599 => Some(MetadataError::transient(format!(
-            "{what}: {url} answered {status}: {snippet}"
-        ))),
-        400 | 403 => Some(MetadataError::refused(format!(
-            "{what}: {url} refused with {status}: {snippet}"
-        ))),
-        _ => None,
+        429 => MetadataError::transient(format!("{what}: {url} answered 429 (throttled)")),
+        500..=599 => {
+            MetadataError::transient(format!("{what}: {url} answered {status}: {snippet}"))
+        }
+        400 | 403 => {
+            MetadataError::refused(format!("{what}: {url} refused with {status}: {snippet}"))
+        }
+        _ => MetadataError::refused(format!("{what}: {url} answered unexpected status {status}")),
     }
 }
 
