@@ -23,8 +23,8 @@ use crate::sink;
 pub enum Outcome {
     /// The token file was written.
     Stored(PathBuf),
-    /// The token went to stdout (`--token-file -`) or only to the exec'd command.
-    Stdout,
+    /// No file: the token went to stdout (`--token-file -`) or only to the exec'd command.
+    HandedOn,
     /// A diagnostic was produced (detect, identity, dry run); see [`Finished::output`].
     Printed,
 }
@@ -273,9 +273,9 @@ async fn exchange(cfg: Config, ctx: &mut Ctx) -> Result<Outcome, Failure> {
         }
         TokenTarget::Stdout => {
             sink::write_stdout(&token).map_err(|e| Failure::Store(e.0))?;
-            Outcome::Stdout
+            Outcome::HandedOn
         }
-        TokenTarget::None => Outcome::Stdout,
+        TokenTarget::None => Outcome::HandedOn,
     };
     if !cfg.command.is_empty() {
         tracing::info!(command = ?cfg.command[0], "starting the command with CODER_AGENT_TOKEN set");
