@@ -1,82 +1,25 @@
 //! The runs, start to finish: detect → identity → Coder → token sink, plus the
-//! `detect` and `identity` diagnostics. Printing happens in [`report`].
+//! `detect` and `identity` diagnostics. What is printed is decided in
+//! [`crate::outcome`]; the exit code in `main`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::future::Future;
 
-use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{Common, Config, Mode, TokenTarget};
-use crate::cloud::{
-    self, Cloud, Endpoints, Identity, MetadataClient, MetadataErrorKind, ProcessEnv, ProviderState,
-};
-use crate::coder::{CoderClient, ExchangeError};
-use crate::detect::{self, DmiSource};
-use crate::error::Failure;
+use crate::cloud::{Cloud, Endpoints, Identity, MetadataClient, ProcessEnv};
+use crate::coder::CoderClient;
+use crate::detect::{self, Detection, DmiSource};
 use crate::inspect;
-use crate::retry::{Policy, RetryError};
+use crate::outcome::{Done, Failure, Finished, Printable};
+use crate::retry::Policy;
 use crate::sink;
 
-/// How a successful run ended.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The token file was written.
-    Stored(PathBuf),
-    /// No file: the token went to stdout (`--token-file -`) or only to the exec'd command.
-    HandedOn,
-    /// A diagnostic was produced (detect, identity, dry run); see [`Finished::output`].
-    Printed,
-}
-
-/// A diagnostic for stdout, as JSON and as text for people.
-#[derive(Debug)]
-pub struct Printable {
-    pub json: Value,
-    pub text: String,
-}
-
-impl Printable {
-    fn from_json(json: Value) -> Self {
-        let text = inspect::render_text(&json);
-        Printable { json, text }
-    }
-}
-
 /// What a run learned along the way, kept even when it fails or is interrupted.
-#[derive(Debug, Default)]
-struct Ctx {
+#[derive(Default)]
+struct Learned {
     cloud: Option<Cloud>,
     output: Option<Printable>,
-}
-
-/// A finished run: what happened, and what `--json` reports about it.
-#[derive(Debug)]
-pub struct Finished {
-    pub result: Result<Outcome, Failure>,
-    pub cloud: Option<Cloud>,
-    pub agent_name: Option<String>,
-    /// `--json`: one JSON object on stdout. `detect --json` / `identity --json` too.
-    pub json: bool,
-    /// A diagnostic to print on stdout, even when the run failed (`detect` finding nothing).
-    pub output: Option<Printable>,
-    /// This was an exchange: `--json` prints the outcome object.
-    pub exchange: bool,
-}
-
-impl Finished {
-    /// A run that failed before it started (usage errors); `json` is the
-    /// exchange's `--json`, so even a usage error prints its JSON object.
-    pub fn failed(f: Failure, json: bool) -> Self {
-        Finished {
-            result: Err(f),
-            cloud: None,
-            agent_name: None,
-            json,
-            output: None,
-            exchange: json,
-        }
-    }
 }
 
 /// Run a mode; SIGINT/SIGTERM end it at once (no partial token file can exist:
@@ -86,33 +29,31 @@ pub async fn run(mode: Mode) -> Finished {
         Mode::Exchange(c) => (c.json, c.agent_name.clone()),
         Mode::Detect { json, .. } | Mode::Identity { json, .. } => (*json, None),
     };
-    let is_exchange = matches!(mode, Mode::Exchange(_));
-    let mut ctx = Ctx::default();
+    let mut learned = Learned::default();
     let result = with_signals(async {
         match mode {
-            Mode::Exchange(cfg) => exchange(*cfg, &mut ctx).await,
-            Mode::Detect { common, .. } => detect_cmd(common, &mut ctx).await,
-            Mode::Identity { common, raw, .. } => identity_cmd(common, raw, &mut ctx).await,
+            Mode::Exchange(cfg) => exchange(*cfg, &mut learned).await,
+            Mode::Detect { common, .. } => detect_cmd(common, &mut learned).await,
+            Mode::Identity { common, raw, .. } => identity_cmd(common, raw, &mut learned).await,
         }
     })
     .await;
     Finished {
         result,
-        cloud: ctx.cloud,
+        cloud: learned.cloud,
         agent_name,
+        output: learned.output,
         json,
-        output: ctx.output,
-        exchange: is_exchange,
     }
 }
 
-async fn with_signals(
-    work: impl std::future::Future<Output = Result<Outcome, Failure>>,
-) -> Result<Outcome, Failure> {
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Failure::Internal(anyhow::anyhow!("installing the SIGTERM handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| Failure::Internal(anyhow::anyhow!("installing the SIGINT handler: {e}")))?;
+async fn with_signals(work: impl Future<Output = Result<Done, Failure>>) -> Result<Done, Failure> {
+    let handler = |kind: SignalKind, name: &str| {
+        signal(kind)
+            .map_err(|e| Failure::Internal(anyhow::anyhow!("installing the {name} handler: {e}")))
+    };
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
     tokio::select! {
         r = work => r,
         _ = term.recv() => Err(Failure::Interrupted { signal: libc::SIGTERM }),
@@ -120,10 +61,11 @@ async fn with_signals(
     }
 }
 
-/// The metadata side shared by every mode: endpoints, client, the cloud.
+/// The metadata side shared by every mode: where each cloud's service is, and the client.
 struct Metadata {
     endpoints: Endpoints,
     client: MetadataClient,
+    dmi: DmiSource,
 }
 
 impl Metadata {
@@ -132,7 +74,12 @@ impl Metadata {
             endpoints: Endpoints::resolve(common.metadata_endpoint.as_ref(), &ProcessEnv)
                 .map_err(Failure::Usage)?,
             client: MetadataClient::new()?,
+            dmi: DmiSource::new(&common.sysfs_root),
         })
+    }
+
+    async fn detect(&self) -> Detection {
+        detect::detect(&self.dmi, &self.client, &self.endpoints).await
     }
 
     /// The explicit `--auth`, or detection (exit 5 when nothing is found).
@@ -140,78 +87,93 @@ impl Metadata {
         if let Some(c) = explicit {
             return Ok(c);
         }
-        let d = detect::detect(&DmiSource::from_env(), &self.client, &self.endpoints).await;
+        let d = self.detect().await;
         match d.cloud {
             Some(c) => {
-                tracing::info!(cloud = c.short(), via = d.method, "detected the cloud");
+                tracing::info!(cloud = c.id(), via = d.method, "detected the cloud");
                 Ok(c)
             }
-            None => Err(no_cloud(&d)),
+            None => Err(no_cloud(Some(&d))),
         }
     }
 
     async fn identity(&self, cloud: Cloud, policy: &Policy) -> Result<Identity, Failure> {
-        let state = Arc::new(ProviderState::default());
+        let site = self.endpoints.site(cloud);
+        if let Some(e) = site.disabled_error() {
+            return Err(e.into());
+        }
+        let fetcher = cloud.fetcher(self.client.clone(), site.base.clone());
         let what = format!("fetching the {cloud} instance identity");
         let identity = policy
-            .run(&what, || cloud::fetch(&self.client, &self.endpoints, cloud, &state))
+            .run(&what, || fetcher.fetch())
             .await
-            .map_err(|e| match e {
-                RetryError::Permanent(e) if e.kind == MetadataErrorKind::Refused => Failure::NoIdentity(format!(
-                    "no {cloud} instance identity available: {e}\nfix: run this on a {cloud} VM, or pick the right --auth"
+            .map_err(|f| match f {
+                Failure::NoIdentity(m) => Failure::NoIdentity(format!(
+                    "no {cloud} instance identity available: {m}\n\
+                     fix: run this on {} {cloud} VM, or pick the right --auth",
+                    article(cloud.display_name())
                 )),
-                RetryError::Permanent(e) => Failure::NoIdentity(e.to_string()),
-                RetryError::Deadline(last) => Failure::Timeout {
-                    last: last
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| format!("{what} did not finish before the deadline")),
-                },
+                other => other,
             })?;
-        tracing::info!(cloud = %cloud, "fetched the instance identity");
+        tracing::info!(cloud = cloud.id(), "fetched the instance identity");
         Ok(identity)
     }
 }
 
-fn no_cloud(d: &detect::Detection) -> Failure {
+/// "a" or "an" for a name said aloud ("an AWS", "a GCP", "an Azure").
+fn article(name: &str) -> &'static str {
+    match name.chars().next().map(|c| c.to_ascii_uppercase()) {
+        Some('A' | 'E' | 'I' | 'O' | 'U') => "an",
+        _ => "a",
+    }
+}
+
+fn no_cloud(d: Option<&Detection>) -> Failure {
+    let signals = d.map(Detection::render).unwrap_or_default();
     Failure::NoIdentity(format!(
-        "no cloud detected: neither DMI nor the metadata services identified AWS, GCP or Azure.\n{}\
-         fix: pass --auth aws-instance-identity|google-instance-identity|azure-instance-identity \
-         (or set CODER_AGENT_AUTH), or run `coder-agent-auth detect` on the VM",
-        d.render()
+        "no cloud detected: neither DMI nor the metadata services identified {}.\n{signals}\
+         fix: pass --auth {} (or set CODER_AGENT_AUTH), or run `coder-agent-auth detect` on the VM",
+        crate::cloud::REGISTRY
+            .iter()
+            .map(|c| c.display_name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        crate::cloud::auth_methods()
     ))
 }
 
-async fn detect_cmd(common: Common, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+async fn detect_cmd(common: Common, learned: &mut Learned) -> Result<Done, Failure> {
     let md = Metadata::new(&common)?;
-    let d = detect::detect(&DmiSource::from_env(), &md.client, &md.endpoints).await;
-    ctx.cloud = d.cloud;
-    ctx.output = Some(Printable {
+    let d = md.detect().await;
+    learned.cloud = d.cloud;
+    learned.output = Some(Printable {
         json: serde_json::to_value(&d).map_err(anyhow::Error::from)?,
         text: d.render(),
     });
     match d.cloud {
-        Some(_) => Ok(Outcome::Printed),
-        None => Err(Failure::NoIdentity(
-            "no cloud detected\nfix: pass --auth aws-instance-identity|google-instance-identity|azure-instance-identity \
-             (or set CODER_AGENT_AUTH)"
-                .into(),
-        )),
+        Some(_) => Ok(Done::Printed),
+        None => Err(no_cloud(None)),
     }
 }
 
-async fn identity_cmd(common: Common, raw: bool, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+async fn identity_cmd(common: Common, raw: bool, learned: &mut Learned) -> Result<Done, Failure> {
     let md = Metadata::new(&common)?;
     let cloud = md.cloud(common.cloud).await?;
-    ctx.cloud = Some(cloud);
+    learned.cloud = Some(cloud);
     let policy = Policy::new(common.timeout);
     let identity = md.identity(cloud, &policy).await?;
-    ctx.output = Some(Printable::from_json(inspect::identity_summary(
-        &identity, raw,
-    )));
-    Ok(Outcome::Printed)
+    learned.output = Some(printable(inspect::identity_summary(&identity, raw)));
+    Ok(Done::Printed)
 }
 
-async fn exchange(cfg: Config, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+fn printable(json: serde_json::Value) -> Printable {
+    Printable {
+        text: inspect::render_text(&json),
+        json,
+    }
+}
+
+async fn exchange(cfg: Config, learned: &mut Learned) -> Result<Done, Failure> {
     // Everything that can fail without the network fails first.
     if let (TokenTarget::File(path), false) = (&cfg.token, cfg.dry_run) {
         sink::precheck(path).map_err(|e| Failure::Store(e.0))?;
@@ -228,54 +190,39 @@ async fn exchange(cfg: Config, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     let name = cfg.agent_name.as_deref();
 
     let cloud = md.cloud(cfg.common.cloud).await?;
-    ctx.cloud = Some(cloud);
-    tracing::info!(cloud = %cloud, agent = name.unwrap_or("(none)"), url = %cfg.url, "starting the instance-identity exchange");
+    learned.cloud = Some(cloud);
+    tracing::info!(cloud = cloud.id(), agent = name.unwrap_or("(none)"), url = %cfg.url, "starting the instance-identity exchange");
     let identity = md.identity(cloud, &policy).await?;
     if cfg.dry_run {
-        ctx.output = Some(Printable::from_json(inspect::dry_run(
+        learned.output = Some(printable(inspect::dry_run(
             &cfg.url,
             &identity,
             name,
             &cfg.headers,
         )));
-        return Ok(Outcome::Printed);
+        return Ok(Done::Printed);
     }
 
+    let what = format!("POST {}", crate::coder::endpoint(&cfg.url, &identity));
     let token = policy
-        .run("exchanging the identity with Coder", || {
-            coder.exchange(&identity, name)
-        })
-        .await
-        .map_err(|e| match e {
-            RetryError::Permanent(ExchangeError::Ambiguous { names, message }) => {
-                Failure::Ambiguous { names, message }
-            }
-            RetryError::Permanent(e) => Failure::Rejected(e.to_string()),
-            RetryError::Deadline(last) => Failure::Timeout {
-                last: last.map(|e| e.to_string()).unwrap_or_else(|| {
-                    format!(
-                        "POST {} did not answer before the deadline",
-                        crate::coder::endpoint(&cfg.url, cloud)
-                    )
-                }),
-            },
-        })?;
+        .run(&what, || coder.exchange(&identity, name))
+        .await?;
     tracing::info!(
         agent = name.unwrap_or("(none)"),
         "Coder issued a session token"
     );
 
-    let outcome = match &cfg.token {
+    let done = match &cfg.token {
         TokenTarget::File(path) => {
             sink::write_atomic(path, &token).map_err(|e| Failure::Store(e.0))?;
             tracing::info!(path = %path.display(), "stored the session token (mode 0600)");
-            Outcome::Stored(path.clone())
+            Done::Stored(path.clone())
         }
         TokenTarget::Stdout => {
             sink::write_stdout(&token).map_err(|e| Failure::Store(e.0))?;
-            Outcome::HandedOn
+            Done::HandedOn
         }
-        TokenTarget::None => Outcome::HandedOn,
+        TokenTarget::None => Done::HandedOn,
     };
     if !cfg.command.is_empty() {
         tracing::info!(command = ?cfg.command[0], "starting the command with CODER_AGENT_TOKEN set");
@@ -285,7 +232,7 @@ async fn exchange(cfg: Config, ctx: &mut Ctx) -> Result<Outcome, Failure> {
             cfg.command[0]
         )));
     }
-    Ok(outcome)
+    Ok(done)
 }
 
 fn warn_if_cleartext(url: &reqwest::Url) {
@@ -305,55 +252,14 @@ fn warn_if_cleartext(url: &reqwest::Url) {
     }
 }
 
-/// Print what the user must see for a finished run and return the exit code.
-/// stdout carries only machine-usable output: the token file path, the token
-/// (with `--token-file -`), the 409 candidate names, a diagnostic, or the one
-/// `--json` object.
-pub fn report(f: &Finished) -> i32 {
-    let code = match &f.result {
-        Ok(_) => 0,
-        Err(e) => e.exit_code(),
-    };
-    if let Err(e) = &f.result {
-        eprintln!("coder-agent-auth: error: {e}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn articles_read_right() {
+        assert_eq!(article("AWS"), "an");
+        assert_eq!(article("Azure"), "an");
+        assert_eq!(article("GCP"), "a");
     }
-    if let Some(out) = &f.output {
-        if f.json {
-            println!("{}", out.json);
-        } else {
-            print!("{}", out.text);
-        }
-        return code;
-    }
-    if f.json && f.exchange {
-        let (status, message) = match &f.result {
-            Ok(_) => ("ok", String::from("the session token was handed on")),
-            Err(e) => (e.status(), e.to_string()),
-        };
-        let candidates = match &f.result {
-            Err(Failure::Ambiguous { names, .. }) => json!(names),
-            _ => Value::Null,
-        };
-        let token_file = match &f.result {
-            Ok(Outcome::Stored(p)) => Some(p.display().to_string()),
-            _ => None,
-        };
-        let v = json!({
-            "status": status,
-            "cloud": f.cloud.map(|c| c.short()),
-            "agent_name": f.agent_name,
-            "token_file": token_file,
-            "candidates": candidates,
-            "message": message,
-            "exit_code": code,
-        });
-        println!("{v}");
-        return code;
-    }
-    match &f.result {
-        Err(Failure::Ambiguous { names, .. }) => names.iter().for_each(|n| println!("{n}")),
-        Ok(Outcome::Stored(path)) => println!("{}", path.display()),
-        _ => {}
-    }
-    code
 }

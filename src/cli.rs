@@ -9,7 +9,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 
-use crate::cloud::Cloud;
+use crate::cloud::{self, Cloud, REGISTRY};
 
 /// Default directory for token files when `--token-file` is not given.
 pub const DEFAULT_TOKEN_DIR: &str = "/run/coder-agent-auth";
@@ -79,14 +79,14 @@ pub enum Sub {
 /// Options shared by the exchange, `detect` and `identity`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// Identity method: auto (detect), aws-instance-identity (aws), google-instance-identity
-    /// (gcp, google), azure-instance-identity (azure).
+    /// Identity method: auto (detect the cloud), or one cloud's method.
     #[arg(
         long,
         hide_env_values = true,
         env = "CODER_AGENT_AUTH",
         value_name = "METHOD",
-        default_value = "auto"
+        default_value = "auto",
+        help = format!("Identity method: auto (detect the cloud), {}", auth_spellings())
     )]
     pub auth: String,
 
@@ -103,6 +103,17 @@ pub struct CommonArgs {
         value_name = "URL"
     )]
     pub metadata_endpoint: Option<String>,
+
+    /// Read the DMI files that identify the cloud under DIR instead of / (for a
+    /// container that sees the host's /sys at DIR/sys).
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_AUTH_SYSFS_ROOT",
+        value_name = "DIR",
+        default_value = "/"
+    )]
+    pub sysfs_root: PathBuf,
 
     /// More log output (-v debug, -vv trace). RUST_LOG filters override.
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
@@ -221,6 +232,7 @@ pub struct Common {
     pub cloud: Option<Cloud>,
     pub timeout: Option<Duration>,
     pub metadata_endpoint: Option<Url>,
+    pub sysfs_root: PathBuf,
 }
 
 /// The validated configuration of one exchange.
@@ -261,6 +273,7 @@ impl CommonArgs {
             cloud,
             timeout: (!timeout.is_zero()).then_some(timeout),
             metadata_endpoint,
+            sysfs_root: self.sysfs_root.clone(),
         })
     }
 }
@@ -272,6 +285,14 @@ impl Cli {
                 common.log_config()
             }
             None => self.common.log_config(),
+        }
+    }
+
+    /// Whether the outcome is to be printed as one JSON object.
+    pub fn wants_json(&self) -> bool {
+        match &self.sub {
+            None => self.exchange.json,
+            Some(Sub::Detect { json, .. } | Sub::Identity { json, .. }) => *json,
         }
     }
 
@@ -401,22 +422,39 @@ pub fn normalize_agent_name(raw: Option<&str>) -> Result<Option<String>, String>
     }
 }
 
+/// Every cloud's method with its short spellings, e.g. `aws-instance-identity (aws)`.
+pub fn auth_spellings() -> String {
+    REGISTRY
+        .iter()
+        .map(|c| {
+            let short: Vec<&str> = std::iter::once(c.id())
+                .chain(c.aliases().iter().copied())
+                .collect();
+            format!("{} ({})", c.auth_method(), short.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Parse `--auth`: `None` means auto-detect.
 pub fn parse_auth(raw: &str) -> Result<Option<Cloud>, String> {
     let raw = raw.trim();
-    match raw.to_ascii_lowercase().as_str() {
-        "auto" | "" => Ok(None),
-        "aws-instance-identity" | "aws" => Ok(Some(Cloud::Aws)),
-        "google-instance-identity" | "gcp" | "google" => Ok(Some(Cloud::Gcp)),
-        "azure-instance-identity" | "azure" => Ok(Some(Cloud::Azure)),
-        "token" => Err("--auth token needs no exchange: with token auth, `coder agent` reads CODER_AGENT_TOKEN or \
-             CODER_AGENT_TOKEN_FILE directly. Use aws-instance-identity, google-instance-identity or \
-             azure-instance-identity here".into()),
-        _ => Err(format!(
-            "unknown --auth / CODER_AGENT_AUTH value {raw:?}: use auto, aws-instance-identity (aws), \
-             google-instance-identity (gcp, google) or azure-instance-identity (azure)"
-        )),
+    if raw.is_empty() || raw.eq_ignore_ascii_case("auto") {
+        return Ok(None);
     }
+    if raw.eq_ignore_ascii_case("token") {
+        return Err(format!(
+            "--auth token needs no exchange: with token auth, `coder agent` reads CODER_AGENT_TOKEN or \
+             CODER_AGENT_TOKEN_FILE directly. Use {} here",
+            cloud::auth_methods()
+        ));
+    }
+    Cloud::from_auth(raw).map(Some).ok_or_else(|| {
+        format!(
+            "unknown --auth / CODER_AGENT_AUTH value {raw:?}: use auto, {}",
+            auth_spellings()
+        )
+    })
 }
 
 /// Human durations: `250ms`, `30s`, `5m`, `1h30m`, a bare number of seconds, `0`.
@@ -512,18 +550,18 @@ mod tests {
     #[test]
     fn auth_accepts_long_and_short_forms() {
         let cases = [
-            ("aws-instance-identity", Some(Cloud::Aws)),
-            ("AWS", Some(Cloud::Aws)),
-            ("gcp", Some(Cloud::Gcp)),
-            ("google", Some(Cloud::Gcp)),
-            ("google-instance-identity", Some(Cloud::Gcp)),
-            ("azure", Some(Cloud::Azure)),
-            ("azure-instance-identity", Some(Cloud::Azure)),
+            ("aws-instance-identity", Some("aws")),
+            ("AWS", Some("aws")),
+            ("gcp", Some("gcp")),
+            ("google", Some("gcp")),
+            ("google-instance-identity", Some("gcp")),
+            ("azure", Some("azure")),
+            ("azure-instance-identity", Some("azure")),
             ("auto", None),
             (" auto ", None),
         ];
         for (raw, want) in cases {
-            assert_eq!(parse_auth(raw).unwrap(), want, "{raw}");
+            assert_eq!(parse_auth(raw).unwrap().map(|c| c.id()), want, "{raw}");
         }
         assert!(parse_auth("token")
             .unwrap_err()

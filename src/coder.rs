@@ -1,6 +1,6 @@
 //! The Coder side: build the request from an [`Identity`] and an optional agent
-//! name, send it, and classify the answer. [`classify`] and
-//! [`parse_candidates`] are pure functions (fuzzed).
+//! name, send it, and classify the answer into a token or a [`Failure`].
+//! [`classify`] and [`parse_candidates`] are pure functions (fuzzed).
 
 use std::fmt;
 use std::path::Path;
@@ -9,95 +9,35 @@ use std::time::Duration;
 use anyhow::Context;
 use reqwest::header::HeaderMap;
 use reqwest::Url;
-use serde::Serialize;
 
 use crate::cli::valid_agent_name;
-use crate::cloud::{describe_reqwest, Cloud, Identity};
-use crate::retry::Transient;
+use crate::cloud::http::{body_snippet, error_chain, Cause};
+use crate::cloud::Identity;
+use crate::outcome::Failure;
 use crate::secret::Secret;
 
 /// Coder's own agent gives each request 30 s; a busy server may take seconds.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The exchange path on the deployment's origin (any path prefix in the URL is dropped,
-/// as Coder's Go client does).
-pub fn path(cloud: Cloud) -> &'static str {
-    match cloud {
-        Cloud::Aws => "/api/v2/workspaceagents/aws-instance-identity",
-        Cloud::Gcp => "/api/v2/workspaceagents/google-instance-identity",
-        Cloud::Azure => "/api/v2/workspaceagents/azure-instance-identity",
-    }
+/// The exchange endpoint for this identity's cloud, on the deployment's origin
+/// (any path prefix in the URL is dropped, as Coder's Go client does).
+pub fn endpoint(base: &Url, identity: &Identity) -> Url {
+    base.join(identity.cloud().coder_path())
+        .expect("static path")
 }
 
-pub fn endpoint(base: &Url, cloud: Cloud) -> Url {
-    base.join(path(cloud)).expect("static path")
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Body<'a> {
-    Aws {
-        signature: &'a str,
-        document: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        agent_name: Option<&'a str>,
-    },
-    Gcp {
-        json_web_token: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        agent_name: Option<&'a str>,
-    },
-    Azure {
-        signature: &'a str,
-        encoding: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        agent_name: Option<&'a str>,
-    },
-}
-
-/// The JSON body posted to Coder. It holds the identity: never log it.
+/// The JSON body posted to Coder: the identity's fields in order, then
+/// `agent_name` only when set. It holds the identity: never log it.
 pub fn request_body(identity: &Identity, agent_name: Option<&str>) -> Vec<u8> {
-    let body = match identity {
-        Identity::Aws {
-            document,
-            signature,
-        } => Body::Aws {
-            signature: signature.expose(),
-            document: document.expose(),
-            agent_name,
-        },
-        Identity::Gcp { jwt } => Body::Gcp {
-            json_web_token: jwt.expose(),
-            agent_name,
-        },
-        Identity::Azure {
-            encoding,
-            signature,
-        } => Body::Azure {
-            signature: signature.expose(),
-            encoding,
-            agent_name,
-        },
-    };
+    let mut body = serde_json::Map::new();
+    for f in identity.fields() {
+        body.insert(f.name.into(), f.value.expose().into());
+    }
+    if let Some(name) = agent_name {
+        body.insert("agent_name".into(), name.into());
+    }
     serde_json::to_vec(&body).expect("strings always serialize")
-}
-
-/// What Coder's answer means.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Exchange {
-    Token(Secret),
-    /// 409: the candidate names, de-duplicated and sorted, and the server's message.
-    Ambiguous {
-        names: Vec<String>,
-        message: String,
-    },
-    /// A permanent refusal: exit 4.
-    Rejected(String),
-    /// Worth retrying.
-    Transient(String),
-    /// An answer we cannot use (junk 200, unknown status): exit 4, no retry.
-    Unusable(String),
 }
 
 /// The error body Coder sends: `{"message", "detail"?, "validations"?}`.
@@ -158,24 +98,27 @@ fn may_carry_token(body: &[u8]) -> bool {
     has(b"session") || has(b"\\u")
 }
 
-/// Classify Coder's answer. Pure and total: never panics on any input.
-pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Exchange {
+/// Classify Coder's answer into the token or a [`Failure`]: 409 is
+/// [`Failure::Ambiguous`], the transient answers are [`Failure::Transient`],
+/// refusals and unusable answers are [`Failure::Rejected`]. Pure and total:
+/// never panics on any input.
+pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<Secret, Failure> {
     let object = json_object(body);
     if status == 200 {
         let token = object
             .as_ref()
             .map(|m| m.get("session_token").and_then(|t| t.as_str()));
         return match token {
-            Some(Some(t)) if !t.trim().is_empty() => Exchange::Token(Secret::new(t.trim())),
-            Some(_) => Exchange::Unusable(format!(
+            Some(Some(t)) if !t.trim().is_empty() => Ok(Secret::new(t.trim())),
+            Some(_) => Err(Failure::Rejected(format!(
                 "Coder answered 200 without a session_token ({}); nothing was stored. Is --url the Coder deployment?",
                 describe_body(content_type, body)
-            )),
-            None => Exchange::Unusable(format!(
+            ))),
+            None => Err(Failure::Rejected(format!(
                 "Coder answered 200 with a body that is not the expected JSON ({}); nothing was stored. \
                  Is --url the Coder deployment, or a proxy in front of it?",
                 describe_body(content_type, body)
-            )),
+            ))),
         };
     }
     let server: Option<ServerError> =
@@ -186,47 +129,50 @@ pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Exchang
         Some(s) if !s.message.is_empty() => s.to_string(),
         _ => describe_body(content_type, body),
     };
+    let transient = |m: String| Err(Failure::transient(m));
     match status {
         409 => {
             let names = server.as_ref().map(parse_candidates).unwrap_or_default();
-            Exchange::Ambiguous {
+            Err(Failure::Ambiguous {
                 names,
-                message: if message.is_empty() || may_carry_token(body) { shown } else { message.to_string() },
-            }
+                message: if message.is_empty() || may_carry_token(body) {
+                    shown
+                } else {
+                    message.to_string()
+                },
+            })
         }
-        404 if server.is_some() && is_instance_not_found(message) => Exchange::Transient(format!(
+        404 if server.is_some() && is_instance_not_found(message) => transient(format!(
             "Coder answered 404: {shown} (the workspace build has not registered this instance yet)"
         )),
         400 if server.is_some() && message.contains("isn't registered on the latest history") => {
-            Exchange::Transient(format!(
+            transient(format!(
                 "Coder answered 400: {shown} (a workspace rebuild is in progress)"
             ))
         }
-        408 | 425 | 429 | 500..=599 => {
-            Exchange::Transient(format!("Coder answered {status}: {shown}"))
-        }
-        404 if server.is_some() && message.starts_with("No agent found") => Exchange::Rejected(format!(
+        408 | 425 | 429 | 500..=599 => transient(format!("Coder answered {status}: {shown}")),
+        404 if server.is_some() && message.starts_with("No agent found") => Err(Failure::Rejected(format!(
             "Coder rejected the agent name: {shown}\n\
              fix: agent names match exactly and case-sensitively; use the name of a coder_agent on this \
              instance (run without --agent-name to list them)"
-        )),
-        401 | 403 => Exchange::Rejected(format!(
+        ))),
+        401 | 403 => Err(Failure::Rejected(format!(
             "Coder rejected this VM's identity with {status}: {shown}\n\
              fix: check that the template uses the matching *-instance-identity auth and that this VM \
              belongs to the workspace"
-        )),
-        400 if server.is_some() => Exchange::Rejected(format!(
+        ))),
+        400 if server.is_some() => Err(Failure::Rejected(format!(
             "Coder refused the request with 400: {shown}\n\
              fix: this is likely a client/server version mismatch; report it with `-v` output"
-        )),
-        300..=399 => Exchange::Unusable(format!(
+        ))),
+        300..=399 => Err(Failure::Rejected(format!(
             "Coder answered a {status} redirect that was not followed (the request carries the instance identity, \
              so it is only re-sent to the same origin); set --url to the deployment's final address"
-        )),
-        _ => Exchange::Unusable(format!(
+        ))),
+        _ => Err(Failure::Rejected(format!(
             "Coder answered an unexpected {status} ({}); is --url the Coder deployment?",
             describe_body(content_type, body)
-        )),
+        ))),
     }
 }
 
@@ -273,30 +219,7 @@ pub fn describe_body(content_type: Option<&str>, body: &[u8]) -> String {
             body.len()
         );
     }
-    format!("{ct}, body starts: {}", crate::cloud::body_snippet(body))
-}
-
-/// A failure of one exchange attempt.
-#[derive(Debug)]
-pub enum ExchangeError {
-    Ambiguous { names: Vec<String>, message: String },
-    Rejected(String),
-    Transient(String),
-}
-
-impl fmt::Display for ExchangeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExchangeError::Ambiguous { message, .. } => write!(f, "Coder answered 409: {message}"),
-            ExchangeError::Rejected(m) | ExchangeError::Transient(m) => f.write_str(m),
-        }
-    }
-}
-
-impl Transient for ExchangeError {
-    fn is_transient(&self) -> bool {
-        matches!(self, ExchangeError::Transient(_))
-    }
+    format!("{ct}, body starts: {}", body_snippet(body))
 }
 
 /// The HTTP client for Coder: honours HTTP(S)_PROXY/NO_PROXY, verifies TLS
@@ -358,7 +281,7 @@ impl CoderClient {
             .redirect(policy)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("coder-agent-auth/", env!("CARGO_PKG_VERSION")));
+            .user_agent(crate::USER_AGENT);
         if base.scheme() == "https" {
             if let Some(path) = ca_cert {
                 let pem = std::fs::read(path).with_context(|| {
@@ -388,7 +311,7 @@ impl CoderClient {
         let http = builder.build().map_err(|e| {
             anyhow::anyhow!(
                 "setting up the HTTPS client for {base}: {}; check SSL_CERT_FILE / SSL_CERT_DIR and --ca-cert",
-                describe_reqwest(&e)
+                error_chain(&e)
             )
         })?;
         Ok(CoderClient {
@@ -403,9 +326,16 @@ impl CoderClient {
         &self,
         identity: &Identity,
         agent_name: Option<&str>,
-    ) -> Result<Secret, ExchangeError> {
-        let url = endpoint(&self.base, identity.cloud());
+    ) -> Result<Secret, Failure> {
+        let url = endpoint(&self.base, identity);
         let body = request_body(identity, agent_name);
+        let transport = |e: reqwest::Error, doing: &str| {
+            Failure::transient(format!(
+                "POST {url}: {doing}{}{}",
+                transport_cause(&e),
+                self.proxy_note
+            ))
+        };
         let resp = self
             .http
             .post(url.clone())
@@ -414,64 +344,62 @@ impl CoderClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| {
-                ExchangeError::Transient(format!(
-                    "POST {url}: {}{}",
-                    describe_reqwest(&e),
-                    self.proxy_note
-                ))
-            })?;
+            .map_err(|e| transport(e, ""))?;
         let status = resp.status().as_u16();
         let final_url = resp.url().clone();
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let location = resp
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp.bytes().await.map_err(|e| {
-            ExchangeError::Transient(format!(
-                "POST {url}: reading the answer failed: {}",
-                describe_reqwest(&e)
-            ))
-        })?;
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let location = header(reqwest::header::LOCATION);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport(e, "reading the answer failed: "))?;
         tracing::debug!(%final_url, status, bytes = body.len(), "Coder answer");
-        match classify(status, content_type.as_deref(), &body) {
-            Exchange::Token(t) => Ok(t),
-            Exchange::Ambiguous { names, message } => {
-                Err(ExchangeError::Ambiguous { names, message })
-            }
-            Exchange::Rejected(m) => Err(ExchangeError::Rejected(format!("POST {final_url}: {m}"))),
-            Exchange::Unusable(m) => {
+        classify(status, content_type.as_deref(), &body).map_err(|f| match f {
+            Failure::Rejected(m) => {
                 let to = location
+                    .filter(|_| (300..400).contains(&status))
                     .map(|l| format!(" (Location: {l})"))
                     .unwrap_or_default();
-                Err(ExchangeError::Rejected(format!(
-                    "POST {final_url}: {m}{to}"
-                )))
+                Failure::Rejected(format!("POST {final_url}: {m}{to}"))
             }
-            Exchange::Transient(m) => {
-                Err(ExchangeError::Transient(format!("POST {final_url}: {m}")))
-            }
-        }
+            Failure::Transient {
+                message,
+                retry_after,
+            } => Failure::Transient {
+                message: format!("POST {final_url}: {message}"),
+                retry_after,
+            },
+            other => other,
+        })
+    }
+}
+
+/// A transport failure for people: timed out, could not connect, or the chain of causes.
+fn transport_cause(e: &reqwest::Error) -> String {
+    match Cause::from_reqwest(e) {
+        Cause::Timeout => format!("timed out: {}", error_chain(e)),
+        other => other.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::{Cloud, Field};
 
     const JSON: Option<&str> = Some("application/json");
 
     #[test]
     fn success_needs_a_non_empty_token() {
         assert_eq!(
-            classify(200, JSON, br#"{"session_token":"abc-123"}"#),
-            Exchange::Token(Secret::new("abc-123"))
+            classify(200, JSON, br#"{"session_token":"abc-123"}"#).unwrap(),
+            Secret::new("abc-123")
         );
         for junk in [
             &b"{}"[..],
@@ -481,7 +409,7 @@ mod tests {
             br#"{"session_token":5}"#,
         ] {
             assert!(
-                matches!(classify(200, JSON, junk), Exchange::Unusable(_)),
+                matches!(classify(200, JSON, junk), Err(Failure::Rejected(_))),
                 "{junk:?}"
             );
         }
@@ -489,7 +417,7 @@ mod tests {
 
     #[test]
     fn unusable_200_never_echoes_a_token() {
-        let Exchange::Unusable(m) = classify(200, JSON, br#"{"session_token":"secret-abc" "#)
+        let Err(Failure::Rejected(m)) = classify(200, JSON, br#"{"session_token":"secret-abc" "#)
         else {
             panic!()
         };
@@ -501,7 +429,7 @@ mod tests {
         // A JSON array is not a token answer.
         assert!(matches!(
             classify(200, JSON, br#"["8f0e1c2d-7a3b-4c5d"]"#),
-            Exchange::Unusable(_)
+            Err(Failure::Rejected(_))
         ));
         // An escaped key must not smuggle the token into a message.
         for (status, body) in [
@@ -520,7 +448,7 @@ mod tests {
     #[test]
     fn conflict_lists_names_deduplicated_and_sorted() {
         let body = br#"{"message":"Multiple agents found with instance ID \"i-0abc\". Set CODER_AGENT_NAME to one of: main, dev, dev, main"}"#;
-        let Exchange::Ambiguous { names, .. } = classify(409, JSON, body) else {
+        let Err(Failure::Ambiguous { names, .. }) = classify(409, JSON, body) else {
             panic!()
         };
         assert_eq!(names, ["dev", "main"]);
@@ -529,7 +457,7 @@ mod tests {
     #[test]
     fn conflict_prefers_a_structured_list() {
         let body = br#"{"message":"Multiple agents. Set CODER_AGENT_NAME to one of: x","agent_names":["b","a"]}"#;
-        let Exchange::Ambiguous { names, .. } = classify(409, JSON, body) else {
+        let Err(Failure::Ambiguous { names, .. }) = classify(409, JSON, body) else {
             panic!()
         };
         assert_eq!(names, ["a", "b"]);
@@ -540,46 +468,53 @@ mod tests {
         let t = |s, b: &[u8]| classify(s, JSON, b);
         assert!(matches!(
             t(404, br#"{"message":"Instance with id \"i-1\" not found."}"#),
-            Exchange::Transient(_)
+            Err(Failure::Transient { .. })
         ));
         assert!(matches!(
             t(400, br#"{"message":"Resource found for id \"i-1\", but isn't registered on the latest history."}"#),
-            Exchange::Transient(_)
+            Err(Failure::Transient { .. })
         ));
         assert!(matches!(
             t(
                 404,
                 br#"{"message":"No agent found with instance ID \"i-1\" and name \"x\"."}"#
             ),
-            Exchange::Rejected(_)
+            Err(Failure::Rejected(_))
         ));
         assert!(
-            matches!(t(401, br#"{"message":"Invalid AWS identity.","detail":"bad sig"}"#), Exchange::Rejected(m) if m.contains("bad sig"))
+            matches!(t(401, br#"{"message":"Invalid AWS identity.","detail":"bad sig"}"#), Err(Failure::Rejected(m)) if m.contains("bad sig"))
         );
-        assert!(matches!(t(403, b"{}"), Exchange::Rejected(_)));
+        assert!(matches!(t(403, b"{}"), Err(Failure::Rejected(_))));
         assert!(
-            matches!(t(400, br#"{"message":"Validation failed.","validations":[{"field":"signature","detail":"required"}]}"#), Exchange::Rejected(m) if m.contains("signature: required"))
+            matches!(t(400, br#"{"message":"Validation failed.","validations":[{"field":"signature","detail":"required"}]}"#), Err(Failure::Rejected(m)) if m.contains("signature: required"))
         );
         for s in [408, 425, 429, 500, 502, 503, 504] {
-            assert!(matches!(t(s, b"{}"), Exchange::Transient(_)), "{s}");
+            assert!(matches!(t(s, b"{}"), Err(Failure::Transient { .. })), "{s}");
         }
         assert!(
-            matches!(classify(502, Some("text/html"), b"<html>Bad Gateway</html>"), Exchange::Transient(m) if m.contains("Bad Gateway"))
+            matches!(classify(502, Some("text/html"), b"<html>Bad Gateway</html>"), Err(Failure::Transient { message: m, .. }) if m.contains("Bad Gateway"))
         );
         assert!(matches!(
             classify(404, Some("text/html"), b"<html>nope</html>"),
-            Exchange::Unusable(_)
+            Err(Failure::Rejected(_))
         ));
-        assert!(matches!(t(418, b""), Exchange::Unusable(_)));
-        assert!(matches!(t(302, b""), Exchange::Unusable(_)));
+        assert!(matches!(t(418, b""), Err(Failure::Rejected(_))));
+        assert!(matches!(t(302, b""), Err(Failure::Rejected(_))));
+    }
+
+    fn cloud(id: &str) -> Cloud {
+        Cloud::from_auth(id).unwrap()
     }
 
     #[test]
     fn body_has_agent_name_only_when_set() {
-        let id = Identity::Aws {
-            document: Secret::new("{\n  \"a\" : 1\n}"),
-            signature: Secret::new("c2ln\nbmF0dXJl"),
-        };
+        let id = Identity::new(
+            cloud("aws"),
+            vec![
+                Field::secret("signature", "c2ln\nbmF0dXJl"),
+                Field::secret("document", "{\n  \"a\" : 1\n}"),
+            ],
+        );
         let v: serde_json::Value = serde_json::from_slice(&request_body(&id, None)).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 2);
         assert_eq!(v["document"], "{\n  \"a\" : 1\n}");
@@ -587,15 +522,16 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&request_body(&id, Some("main"))).unwrap();
         assert_eq!(v["agent_name"], "main");
-        let gcp = Identity::Gcp {
-            jwt: Secret::new("a.b.c"),
-        };
+        let gcp = Identity::new(cloud("gcp"), vec![Field::secret("json_web_token", "a.b.c")]);
         let v: serde_json::Value = serde_json::from_slice(&request_body(&gcp, None)).unwrap();
         assert_eq!(v, serde_json::json!({"json_web_token": "a.b.c"}));
-        let az = Identity::Azure {
-            encoding: "pkcs7".into(),
-            signature: Secret::new("MII"),
-        };
+        let az = Identity::new(
+            cloud("azure"),
+            vec![
+                Field::secret("signature", "MII"),
+                Field::plain("encoding", "pkcs7"),
+            ],
+        );
         let v: serde_json::Value = serde_json::from_slice(&request_body(&az, Some("dev"))).unwrap();
         assert_eq!(
             v,
@@ -607,7 +543,7 @@ mod tests {
     fn endpoint_drops_any_path_prefix() {
         let base = Url::parse("https://coder.example.com/some/prefix/").unwrap();
         assert_eq!(
-            endpoint(&base, Cloud::Gcp).as_str(),
+            endpoint(&base, &Identity::new(cloud("gcp"), vec![])).as_str(),
             "https://coder.example.com/api/v2/workspaceagents/google-instance-identity"
         );
     }

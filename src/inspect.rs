@@ -5,94 +5,20 @@ use reqwest::header::HeaderMap;
 use reqwest::Url;
 use serde_json::{json, Value};
 
-use crate::cloud::{aws, azure, gcp, Identity};
+use crate::cloud::Identity;
 use crate::coder;
 
 /// A decoded summary of the identity (never the raw secrets unless `raw`).
 pub fn identity_summary(identity: &Identity, raw: bool) -> Value {
-    let mut v = match identity {
-        Identity::Aws {
-            document,
-            signature,
-        } => {
-            let doc = aws::parse_document(document.expose());
-            let mut v = json!({ "cloud": "aws" });
-            match doc {
-                Ok(d) => v["document"] = serde_json::to_value(d).unwrap_or(Value::Null),
-                Err(e) => v["document_error"] = json!(e),
-            }
-            v["document_bytes"] = json!(document.len());
-            v["signature_bytes"] = json!(signature.len());
-            if raw {
-                v["raw"] = json!({"document": document.expose(), "signature": signature.expose()});
-            }
-            v
-        }
-        Identity::Gcp { jwt } => {
-            let mut v = json!({
-                "cloud": "gcp",
-                "jwt_bytes": jwt.len(),
-                "note": "claims decoded without verifying the signature; Coder verifies it",
-            });
-            match gcp::decode_claims(jwt.expose()) {
-                Ok(c) => {
-                    let ce = &c["google"]["compute_engine"];
-                    v["claims"] = json!({
-                        "instance_id": ce.get("instance_id"),
-                        "instance_name": ce.get("instance_name"),
-                        "zone": ce.get("zone"),
-                        "project_id": ce.get("project_id"),
-                        "project_number": ce.get("project_number"),
-                        "aud": c.get("aud"),
-                        "iss": c.get("iss"),
-                        "iat": c.get("iat"),
-                        "exp": c.get("exp"),
-                    });
-                    if ce.get("instance_id").is_none() {
-                        v["warning"] = json!(
-                            "no google.compute_engine.instance_id claim: Coder needs format=full"
-                        );
-                    }
-                }
-                Err(e) => v["claims_error"] = json!(e),
-            }
-            if raw {
-                v["raw"] = json!({"json_web_token": jwt.expose()});
-            }
-            v
-        }
-        Identity::Azure {
-            encoding,
-            signature,
-        } => {
-            let mut v = json!({
-                "cloud": "azure",
-                "encoding": encoding,
-                "signature_bytes": signature.len(),
-                "note": "content extracted from the PKCS#7 without verifying its signature; Coder verifies it",
-            });
-            match azure::extract_content(signature.expose()).and_then(|c| {
-                serde_json::from_slice::<Value>(&c)
-                    .map_err(|e| format!("the signed content is not JSON: {e}"))
-            }) {
-                Ok(c) => {
-                    v["content"] = json!({
-                        "vmId": c.get("vmId"),
-                        "createdOn": c["timeStamp"].get("createdOn"),
-                        "expiresOn": c["timeStamp"].get("expiresOn"),
-                        "subscriptionId": c.get("subscriptionId"),
-                        "sku": c.get("sku"),
-                        "nonce": c.get("nonce"),
-                    })
-                }
-                Err(e) => v["content_error"] = json!(e),
-            }
-            if raw {
-                v["raw"] = json!({"signature": signature.expose()});
-            }
-            v
-        }
-    };
+    let mut v = identity.cloud().summarize(identity);
+    if raw {
+        let fields: serde_json::Map<String, Value> = identity
+            .fields()
+            .iter()
+            .map(|f| (f.name.to_string(), json!(f.value.expose())))
+            .collect();
+        v["raw"] = Value::Object(fields);
+    }
     strip_nulls(&mut v);
     v
 }
@@ -150,14 +76,11 @@ pub fn dry_run(
     agent_name: Option<&str>,
     headers: &HeaderMap,
 ) -> Value {
-    let url = coder::endpoint(base, identity.cloud());
+    let url = coder::endpoint(base, identity);
     let mut hs = serde_json::Map::new();
     hs.insert("content-type".into(), json!("application/json"));
     hs.insert("accept".into(), json!("application/json"));
-    hs.insert(
-        "user-agent".into(),
-        json!(concat!("coder-agent-auth/", env!("CARGO_PKG_VERSION"))),
-    );
+    hs.insert("user-agent".into(), json!(crate::USER_AGENT));
     for (name, value) in headers {
         let shown = if is_secret_header(name.as_str()) {
             format!("[redacted, {} bytes]", value.len())
@@ -166,25 +89,17 @@ pub fn dry_run(
         };
         hs.insert(name.to_string(), json!(shown));
     }
-    let mut body = match identity {
-        Identity::Aws {
-            document,
-            signature,
-        } => json!({
-            "signature": signature.shortened(12),
-            "document": document.shortened(12),
-        }),
-        Identity::Gcp { jwt } => json!({ "json_web_token": jwt.shortened(16) }),
-        Identity::Azure {
-            encoding,
-            signature,
-        } => json!({
-            "signature": signature.shortened(12),
-            "encoding": encoding,
-        }),
-    };
+    let mut body = serde_json::Map::new();
+    for f in identity.fields() {
+        let shown = if f.secret {
+            f.value.shortened(12)
+        } else {
+            f.value.expose().to_string()
+        };
+        body.insert(f.name.into(), json!(shown));
+    }
     if let Some(n) = agent_name {
-        body["agent_name"] = json!(n);
+        body.insert("agent_name".into(), json!(n));
     }
     json!({ "method": "POST", "url": url.as_str(), "headers": hs, "body": body })
 }
@@ -192,15 +107,21 @@ pub fn dry_run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use crate::cloud::{Cloud, Field};
+
+    fn cloud(id: &str) -> Cloud {
+        Cloud::from_auth(id).unwrap()
+    }
 
     #[test]
     fn dry_run_shortens_secrets_and_redacts_secret_headers() {
-        let id = Identity::Gcp {
-            jwt: Secret::new(
+        let id = Identity::new(
+            cloud("gcp"),
+            vec![Field::secret(
+                "json_web_token",
                 "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJjb2RlciJ9.c2lnbmF0dXJlLXZhbHVlLWxvbmc",
-            ),
-        };
+            )],
+        );
         let mut h = HeaderMap::new();
         h.insert("cookie", "session=abcdef".parse().unwrap());
         h.insert("x-team", "infra".parse().unwrap());
@@ -224,17 +145,21 @@ mod tests {
     #[test]
     fn summaries_survive_junk() {
         for id in [
-            Identity::Aws {
-                document: Secret::new("junk"),
-                signature: Secret::new("x"),
-            },
-            Identity::Gcp {
-                jwt: Secret::new("a.b"),
-            },
-            Identity::Azure {
-                encoding: "pkcs7".into(),
-                signature: Secret::new("!!"),
-            },
+            Identity::new(
+                cloud("aws"),
+                vec![
+                    Field::secret("signature", "x"),
+                    Field::secret("document", "junk"),
+                ],
+            ),
+            Identity::new(cloud("gcp"), vec![Field::secret("json_web_token", "a.b")]),
+            Identity::new(
+                cloud("azure"),
+                vec![
+                    Field::secret("signature", "!!"),
+                    Field::plain("encoding", "pkcs7"),
+                ],
+            ),
         ] {
             let v = identity_summary(&id, false);
             assert!(v.to_string().contains("error"), "{v}");

@@ -1,18 +1,78 @@
 //! coder-agent-auth: exchange a cloud VM's signed instance identity for a
 //! Coder workspace-agent session token.
 //!
-//! Data path: `cli` → `Config` → `cloud::{aws,gcp,azure}` → `Identity` →
-//! `coder` → token → `sink`; `retry` wraps both network steps.
+//! Data path: `cli` → `Config` → `detect` → `cloud::<provider>` → `Identity` →
+//! `coder` → token → `sink`; `retry` wraps both network steps, and every step
+//! fails with one `outcome::Failure`. See ARCHITECTURE.md.
+//!
+//! The library is the binary's body. What is `pub` here is the contract with
+//! the binary (`main.rs`), the man-page generator (xtask) and the fuzz targets;
+//! everything else is private.
 
-pub mod app;
-pub mod cli;
-pub mod cloud;
-pub mod coder;
-pub mod detect;
-pub mod error;
-pub mod inspect;
-pub mod logging;
-pub mod retry;
-pub mod secret;
-pub mod sink;
-pub mod tls;
+mod app;
+mod cli;
+mod cloud;
+mod coder;
+mod detect;
+mod inspect;
+mod logging;
+mod outcome;
+mod retry;
+mod secret;
+mod sink;
+mod tls;
+
+/// The User-Agent of every request the tool makes.
+const USER_AGENT: &str = concat!("coder-agent-auth/", env!("CARGO_PKG_VERSION"));
+
+pub use cli::Cli;
+pub use outcome::{Done, Failure, Finished, Rendered};
+
+/// Parse-free entry point: validate the arguments, set up logging and the
+/// runtime, and run to a [`Finished`] outcome. Never exits the process.
+pub fn run(cli: Cli) -> Finished {
+    logging::init(&cli.log_config());
+    let json = cli.wants_json();
+    let mode = match cli.into_mode() {
+        Ok(mode) => mode,
+        Err(usage) => return Finished::failed(Failure::Usage(usage), json),
+    };
+    tls::install_provider();
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(app::run(mode)),
+        Err(e) => Finished::failed(
+            Failure::Internal(anyhow::anyhow!("starting the async runtime: {e}")),
+            json,
+        ),
+    }
+}
+
+/// The pure parsers of untrusted input (server answers, metadata documents),
+/// exposed for the fuzz targets in `fuzz/`.
+pub mod parsers {
+    pub use crate::cloud::aws::{parse_document, DocumentSummary};
+    pub use crate::cloud::azure::{extract_content, pkcs7_content};
+    pub use crate::cloud::gcp::decode_claims;
+    pub use crate::coder::{classify, parse_candidates, parse_names_from_message, ServerError};
+    pub use crate::secret::Secret;
+
+    /// The `identity` command's summary (JSON, and its text rendering) of an
+    /// identity given as `(cloud id, [(field, value)])`; `None` for an unknown cloud.
+    pub fn identity_summary(
+        cloud: &str,
+        fields: &[(&'static str, &str)],
+        raw: bool,
+    ) -> Option<(serde_json::Value, String)> {
+        let cloud = crate::cloud::Cloud::from_auth(cloud)?;
+        let fields = fields
+            .iter()
+            .map(|(name, value)| crate::cloud::Field::secret(name, *value))
+            .collect();
+        let v = crate::inspect::identity_summary(&crate::cloud::Identity::new(cloud, fields), raw);
+        let text = crate::inspect::render_text(&v);
+        Some((v, text))
+    }
+}

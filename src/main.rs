@@ -1,28 +1,55 @@
-//! A thin shell: parse, set up logging and the runtime, run, map to an exit code.
+//! A thin shell: parse the arguments, run, print, and map the outcome to the
+//! exit code (this file holds the one table of exit codes).
 
 use clap::Parser;
-use coder_agent_auth::app::{self, Finished};
-use coder_agent_auth::{cli::Cli, error::Failure, logging, tls};
+use coder_agent_auth::{Cli, Done, Failure, Finished};
+
+/// The stable exit codes (documented in `--help`, the README and the man page).
+fn exit_code(result: &Result<Done, Failure>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(Failure::Internal(_)) => 1,
+        Err(Failure::Usage(_)) => 2,
+        Err(Failure::Ambiguous { .. }) => 3,
+        Err(Failure::Rejected(_)) => 4,
+        Err(Failure::NoIdentity(_)) => 5,
+        Err(Failure::Timeout { .. } | Failure::Transient { .. }) => 6,
+        Err(Failure::Store(_)) => 7,
+        Err(Failure::Interrupted { signal }) => 128 + signal,
+    }
+}
 
 fn main() {
-    let cli = Cli::parse();
-    logging::init(&cli.log_config());
-    let json = cli.sub.is_none() && cli.exchange.json;
-    let finished = match cli.into_mode() {
-        Err(usage) => Finished::failed(Failure::Usage(usage), json),
-        Ok(mode) => {
-            tls::install_provider();
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(app::run(mode)),
-                Err(e) => Finished::failed(
-                    Failure::Internal(anyhow::anyhow!("starting the async runtime: {e}")),
-                    json,
-                ),
-            }
-        }
+    let finished: Finished = coder_agent_auth::run(Cli::parse());
+    let code = exit_code(&finished.result);
+    let out = if finished.json {
+        finished.render_json(code)
+    } else {
+        finished.render_text()
     };
-    std::process::exit(app::report(&finished));
+    eprint!("{}", out.stderr);
+    print!("{}", out.stdout);
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_stable() {
+        let code = |f: Failure| exit_code(&Err(f));
+        assert_eq!(exit_code(&Ok(Done::HandedOn)), 0);
+        assert_eq!(code(Failure::Internal(anyhow::anyhow!("x"))), 1);
+        assert_eq!(code(Failure::Usage(String::new())), 2);
+        let names = vec![];
+        let message = String::new();
+        assert_eq!(code(Failure::Ambiguous { names, message }), 3);
+        assert_eq!(code(Failure::Rejected(String::new())), 4);
+        assert_eq!(code(Failure::NoIdentity(String::new())), 5);
+        let (why, last) = (String::new(), String::new());
+        assert_eq!(code(Failure::Timeout { why, last }), 6);
+        assert_eq!(code(Failure::Store(String::new())), 7);
+        assert_eq!(code(Failure::Interrupted { signal: 15 }), 143);
+    }
 }

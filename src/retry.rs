@@ -1,108 +1,172 @@
 //! The one retry loop: jittered exponential backoff under a total deadline.
-//! The error decides whether it is transient; permanent errors end the loop at once.
+//! An attempt's error becomes a [`Failure`]; only [`Failure::Transient`] is
+//! retried, and this is the only place that turns the deadline into
+//! [`Failure::Timeout`].
 
-use std::fmt::Display;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
-/// Implemented by errors the retry loop must classify.
-pub trait Transient {
-    fn is_transient(&self) -> bool;
-}
-
-/// How the loop ended without a value.
-#[derive(Debug)]
-pub enum RetryError<E> {
-    /// A permanent error: no retry was attempted.
-    Permanent(E),
-    /// The deadline passed; the last error seen (if an attempt had finished).
-    Deadline(Option<E>),
-}
+use crate::outcome::Failure;
 
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Absolute deadline; `None` means retry forever.
-    pub deadline: Option<Instant>,
-    pub min_delay: Duration,
-    pub max_delay: Duration,
+    deadline: Option<Instant>,
+    /// The configured total, for messages.
+    timeout: Option<Duration>,
 }
 
+/// The first retry comes after 100–200 ms; delays double up to 5–10 s (with jitter).
+const MIN_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(5);
+
 impl Policy {
-    /// The first retry comes after 100–200 ms; delays double up to 5–10 s (with jitter).
     pub fn new(timeout: Option<Duration>) -> Self {
         Policy {
             deadline: timeout.map(|t| Instant::now() + t),
-            min_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(5),
+            timeout,
         }
     }
 
-    pub fn remaining(&self) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
-    /// Run `attempt` until it succeeds, fails permanently, or the deadline passes.
-    /// Each attempt is itself cut off at the deadline.
-    pub async fn run<T, E, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, RetryError<E>>
-    where
-        E: Transient + Display,
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
+    /// The delays between attempts, in order (jittered).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(MIN_DELAY)
+            .with_max_delay(MAX_DELAY)
             .with_factor(2.0)
             .with_jitter()
             .without_max_times()
-            .build();
-        let mut last: Option<E> = None;
+            .build()
+    }
+
+    /// Run `attempt` until it succeeds, fails permanently, or the deadline
+    /// passes. Each attempt is itself cut off at the deadline. A server's
+    /// `Retry-After` is honoured: the next attempt waits at least that long.
+    pub async fn run<T, E, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Failure>
+    where
+        E: Into<Failure>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut delays = self.delays();
+        let mut last: Option<String> = None;
         for n in 1u32.. {
             let result = match self.deadline {
                 Some(d) => match tokio::time::timeout_at(d, attempt()).await {
                     Ok(r) => r,
-                    Err(_) => return Err(RetryError::Deadline(last)),
+                    Err(_) => {
+                        return Err(Failure::Timeout {
+                            why: format!(
+                                "the deadline (--timeout {}) passed while attempt {n} was still waiting for an answer",
+                                human(self.timeout.unwrap_or_default())
+                            ),
+                            last: last.unwrap_or_else(|| {
+                                format!("{what} did not finish before the deadline")
+                            }),
+                        })
+                    }
                 },
                 None => attempt().await,
             };
-            let err = match result {
+            let (message, retry_after) = match result.map_err(Into::into) {
                 Ok(v) => return Ok(v),
-                Err(e) if !e.is_transient() => return Err(RetryError::Permanent(e)),
-                Err(e) => e,
+                Err(Failure::Transient {
+                    message,
+                    retry_after,
+                }) => (message, retry_after),
+                Err(permanent) => return Err(permanent),
             };
-            let delay = delays.next().unwrap_or(self.max_delay);
+            let backoff = delays.next().unwrap_or(MAX_DELAY);
+            let delay = match retry_after {
+                Some(wait) => backoff.max(wait + jitter(wait / 10 + MIN_DELAY)),
+                None => backoff,
+            };
             if let Some(d) = self.deadline {
-                if Instant::now() + delay >= d {
-                    tracing::warn!(
-                        attempt = n,
-                        "{what} failed: {err}; the deadline leaves no time for another attempt"
-                    );
-                    return Err(RetryError::Deadline(Some(err)));
+                let now = Instant::now();
+                if now + delay >= d {
+                    let left = d.saturating_duration_since(now);
+                    let why = match retry_after {
+                        Some(wait) if now + wait >= d => format!(
+                            "the server asked to be called again in {} (at {}), after the deadline \
+                             (--timeout {}, {} left)",
+                            human(wait),
+                            utc(SystemTime::now() + wait),
+                            human(self.timeout.unwrap_or_default()),
+                            human(left)
+                        ),
+                        _ => format!(
+                            "the next attempt, due in {}, would start after the deadline \
+                             (--timeout {}, {} left) — {n} attempt(s) made",
+                            human(delay),
+                            human(self.timeout.unwrap_or_default()),
+                            human(left)
+                        ),
+                    };
+                    tracing::warn!(attempt = n, "{what} failed: {message}; {why}");
+                    return Err(Failure::Timeout { why, last: message });
                 }
             }
             tracing::warn!(
                 attempt = n,
                 retry_in_ms = delay.as_millis() as u64,
-                "{what} failed (transient): {err}; retrying in {}",
+                "{what} failed (transient): {message}; retrying in {}",
                 human(delay)
             );
-            last = Some(err);
+            last = Some(message);
             tokio::time::sleep(delay).await;
         }
         unreachable!("the attempt counter is unbounded")
     }
 }
 
-fn human(d: Duration) -> String {
+/// A random duration in `[0, max)`.
+fn jitter(max: Duration) -> Duration {
+    let mut buf = [0u8; 4];
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize || max.is_zero() {
+        return Duration::ZERO;
+    }
+    max.mul_f64(f64::from(u32::from_le_bytes(buf)) / (f64::from(u32::MAX) + 1.0))
+}
+
+/// `1.5 s`, `250 ms`, `5m 0s`.
+pub fn human(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{} ms", d.as_millis())
-    } else {
+    } else if d < Duration::from_secs(120) {
         format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{}m {}s", d.as_secs() / 60, d.as_secs() % 60)
     }
+}
+
+/// An RFC 3339 UTC time with second precision (no date crate needed).
+fn utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -110,28 +174,19 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
-    #[derive(Debug)]
-    struct E(bool);
-    impl Transient for E {
-        fn is_transient(&self) -> bool {
-            self.0
-        }
-    }
-    impl Display for E {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "e{}", self.0)
-        }
+    fn transient() -> Result<u32, Failure> {
+        Err(Failure::transient("try again"))
     }
 
     #[tokio::test(start_paused = true)]
     async fn retries_transient_then_succeeds() {
         let calls = Cell::new(0);
         let p = Policy::new(Some(Duration::from_secs(60)));
-        let r: Result<u32, _> = p
+        let r = p
             .run("t", || async {
                 calls.set(calls.get() + 1);
                 if calls.get() < 4 {
-                    Err(E(true))
+                    transient()
                 } else {
                     Ok(7)
                 }
@@ -148,25 +203,29 @@ mod tests {
         let r: Result<(), _> = p
             .run("t", || async {
                 calls.set(calls.get() + 1);
-                Err(E(false))
+                Err(Failure::Rejected("no".into()))
             })
             .await;
-        assert!(matches!(r, Err(RetryError::Permanent(E(false)))));
+        assert!(matches!(r, Err(Failure::Rejected(_))));
         assert_eq!(calls.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn deadline_ends_the_loop_with_the_last_error() {
+    async fn deadline_ends_the_loop_with_the_last_error_and_says_why() {
         let start = Instant::now();
         let calls = Cell::new(0);
         let p = Policy::new(Some(Duration::from_secs(30)));
-        let r: Result<(), _> = p
+        let r = p
             .run("t", || async {
                 calls.set(calls.get() + 1);
-                Err(E(true))
+                transient()
             })
             .await;
-        assert!(matches!(r, Err(RetryError::Deadline(Some(E(true))))));
+        let Err(Failure::Timeout { why, last }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(last, "try again");
+        assert!(why.contains("would start after the deadline"), "{why}");
         assert!(Instant::now() - start <= Duration::from_secs(30));
         // 100ms doubling to a 5 s cap: several attempts, not thousands.
         assert!((5..40).contains(&calls.get()), "{}", calls.get());
@@ -175,28 +234,77 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hanging_attempt_is_cut_at_the_deadline() {
         let p = Policy::new(Some(Duration::from_secs(3)));
-        let r: Result<(), RetryError<E>> = p
+        let r: Result<(), Failure> = p
             .run("t", || async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok(())
+                Ok::<_, Failure>(())
             })
             .await;
-        assert!(matches!(r, Err(RetryError::Deadline(None))));
+        let Err(Failure::Timeout { why, .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert!(why.contains("while attempt 1 was still waiting"), "{why}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_for_at_least() {
+        let p = Policy::new(Some(Duration::from_secs(60)));
+        let start = Instant::now();
+        let calls = Cell::new(0);
+        let r = p
+            .run("t", || async {
+                calls.set(calls.get() + 1);
+                if calls.get() == 1 {
+                    Err(Failure::Transient {
+                        message: "429".into(),
+                        retry_after: Some(Duration::from_secs(7)),
+                    })
+                } else {
+                    Ok(1)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 1);
+        let waited = Instant::now() - start;
+        assert!(waited >= Duration::from_secs(7), "{waited:?}");
+        assert!(waited < Duration::from_secs(9), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_beyond_the_deadline_ends_at_once() {
+        let p = Policy::new(Some(Duration::from_secs(10)));
+        let start = Instant::now();
+        let r: Result<(), Failure> = p
+            .run("t", || async {
+                Err(Failure::Transient {
+                    message: "429".into(),
+                    retry_after: Some(Duration::from_secs(3600)),
+                })
+            })
+            .await;
+        let Err(Failure::Timeout { why, .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert!(why.contains("asked to be called again in 60m 0s"), "{why}");
+        assert_eq!(Instant::now(), start, "no waiting");
     }
 
     #[test]
-    fn delays_start_quick_and_are_capped() {
-        let mut d = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build();
+    fn our_delays_start_quick_and_are_capped() {
+        let mut d = Policy::new(None).delays();
         let first = d.next().unwrap();
         assert!(first >= Duration::from_millis(100) && first < Duration::from_millis(200));
         for _ in 0..50 {
             assert!(d.next().unwrap() < Duration::from_secs(10));
         }
+    }
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_953_207);
+        assert_eq!(utc(t), "2026-11-29T11:53:27Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(utc(leap), "2000-02-29T00:00:00Z");
     }
 }

@@ -253,7 +253,7 @@ fn a_coder_that_accepts_and_never_answers() {
         faults: vec![Fault::coder(FaultKind::Hang, 10_000)],
         args: T2,
         code: 6,
-        stderr_has: "did not answer before the deadline",
+        stderr_has: "did not finish before the deadline",
     });
 }
 

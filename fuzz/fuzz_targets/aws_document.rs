@@ -1,7 +1,7 @@
 //! `cloud::aws::parse_document`: the AWS instance identity document (JSON).
 #![no_main]
 
-use coder_agent_auth::cloud::aws::{parse_document, DocumentSummary};
+use coder_agent_auth::parsers::{parse_document, DocumentSummary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

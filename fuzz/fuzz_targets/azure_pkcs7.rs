@@ -9,7 +9,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use coder_agent_auth::cloud::azure::{extract_content, pkcs7_content};
+use coder_agent_auth::parsers::{extract_content, pkcs7_content};
 use libfuzzer_sys::fuzz_target;
 
 fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {

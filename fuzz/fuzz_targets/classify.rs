@@ -3,7 +3,8 @@
 //! answer that carries a token never has it echoed in an error message.
 #![no_main]
 
-use coder_agent_auth::coder::{classify, parse_candidates, Exchange, ServerError};
+use coder_agent_auth::parsers::{classify, parse_candidates, ServerError};
+use coder_agent_auth::Failure;
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 use std::sync::LazyLock;
@@ -50,32 +51,30 @@ fuzz_target!(|data: &[u8]| {
 
     // The response table: which outcome each status may have.
     match (&out, status) {
-        (Exchange::Token(_), 200) => {}
-        (Exchange::Token(_), _) => panic!("token from status {status}"),
-        (Exchange::Ambiguous { .. }, 409) => {}
+        (Ok(_), 200) => {}
+        (Ok(_), _) => panic!("token from status {status}"),
+        (Err(Failure::Ambiguous { .. }), 409) => {}
         (_, 409) => panic!("409 not classified as Ambiguous: {out:?}"),
-        (Exchange::Ambiguous { .. }, _) => panic!("Ambiguous from status {status}"),
-        (Exchange::Unusable(_), 200) => {}
-        (_, 200) => panic!("200 is Token or Unusable, got {out:?}"),
-        (Exchange::Transient(_), 408 | 425 | 429 | 500..=599) => {}
+        (Err(Failure::Ambiguous { .. }), _) => panic!("Ambiguous from status {status}"),
+        (Err(Failure::Rejected(_)), 200) => {}
+        (_, 200) => panic!("200 is a token or Rejected, got {out:?}"),
+        (Err(Failure::Transient { .. }), 408 | 425 | 429 | 500..=599) => {}
         (_, 408 | 425 | 429 | 500..=599) => panic!("{status} must be Transient: {out:?}"),
-        (Exchange::Rejected(_), 401 | 403) => {}
-        (_, 401 | 403) => panic!("{status} must be Rejected: {out:?}"),
-        (Exchange::Unusable(_), 300..=399) => {}
-        (_, 300..=399) => panic!("{status} must be Unusable: {out:?}"),
-        // 400 and 404 depend on the message; anything not JSON is Unusable.
-        (Exchange::Transient(_) | Exchange::Rejected(_), 400 | 404) => {
+        (Err(Failure::Rejected(_)), 401 | 403 | 300..=399) => {}
+        (_, 401 | 403 | 300..=399) => panic!("{status} must be Rejected: {out:?}"),
+        // 400 and 404 are retried only on Coder's own JSON messages.
+        (Err(Failure::Transient { .. }), 400 | 404) => {
             assert!(
                 server.is_some(),
-                "{status} judged without a JSON body: {out:?}"
+                "{status} judged transient without a JSON body: {out:?}"
             )
         }
-        (Exchange::Unusable(_), _) => {}
+        (Err(Failure::Rejected(_)), _) => {}
         (_, _) => panic!("status {status} gave {out:?}"),
     }
 
     match &out {
-        Exchange::Token(t) => {
+        Ok(t) => {
             let t = t.expose();
             assert!(!t.is_empty(), "empty token");
             assert_eq!(t, t.trim(), "token not trimmed");
@@ -89,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(v["session_token"].as_str().map(str::trim), Some(t));
             }
         }
-        Exchange::Ambiguous { names, message } => {
+        Err(Failure::Ambiguous { names, message }) => {
             assert!(!message.is_empty(), "409 with an empty message");
             assert!(
                 names.windows(2).all(|w| w[0] < w[1]),
@@ -101,17 +100,15 @@ fuzz_target!(|data: &[u8]| {
             let expected = server.as_ref().map(parse_candidates).unwrap_or_default();
             assert_eq!(names, &expected);
         }
-        Exchange::Rejected(m) | Exchange::Transient(m) | Exchange::Unusable(m) => {
-            assert!(!m.is_empty(), "empty message");
-        }
+        Err(e) => assert!(!e.to_string().is_empty(), "empty message"),
     }
 
     // Messages describe a non-JSON (or message-less) body by a bounded snippet,
     // never by echoing the whole body.
     let message = match &out {
-        Exchange::Token(_) => None,
-        Exchange::Ambiguous { message, .. } => Some(message),
-        Exchange::Rejected(m) | Exchange::Transient(m) | Exchange::Unusable(m) => Some(m),
+        Ok(_) => None,
+        Err(Failure::Ambiguous { message, .. }) => Some(message.clone()),
+        Err(e) => Some(e.to_string()),
     };
     if let Some(m) = message {
         let echoes_server = server.as_ref().is_some_and(|s| !s.message.is_empty()) && status != 200;

@@ -5,7 +5,7 @@
 
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
-use coder_agent_auth::cloud::gcp::decode_claims;
+use coder_agent_auth::parsers::decode_claims;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 //! `parse_candidates`.
 #![no_main]
 
-use coder_agent_auth::coder::{parse_candidates, parse_names_from_message, ServerError};
+use coder_agent_auth::parsers::{parse_candidates, parse_names_from_message, ServerError};
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 use std::sync::LazyLock;

@@ -5,8 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, Url};
+use serde_json::{json, Value};
 
-use super::{join, status_error, Identity, MetadataClient, MetadataError};
+use super::{
+    env_url, join, Cause, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetaResponse,
+    MetadataClient, MetadataError, ProbeSpec, Provider, Setting, LINK_LOCAL,
+};
 use crate::secret::Secret;
 
 pub const TOKEN_PATH: &str = "/latest/api/token";
@@ -19,57 +23,141 @@ pub const TOKEN_TTL: &str = "21600";
 /// The token PUT answers within milliseconds on a VM; a PUT that takes longer
 /// is the container hop-limit case, where the answer never arrives.
 const PUT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The body fields Coder's `aws-instance-identity` endpoint takes.
+pub const SIGNATURE: &str = "signature";
+pub const DOCUMENT: &str = "document";
 
-/// State that survives retries: whether we fell back to IMDSv1.
-#[derive(Default)]
-pub struct AwsState {
-    v1: AtomicBool,
-}
-
-impl AwsState {
-    pub fn using_v1(&self) -> bool {
-        self.v1.load(Ordering::Relaxed)
-    }
-}
+const ENDPOINT_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
+const MODE_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE";
+const DISABLED_VAR: &str = "AWS_EC2_METADATA_DISABLED";
+const IPV6_ENDPOINT: &str = "http://[fd00:ec2::254]";
 
 const HOP_LIMIT_FIX: &str =
     "if this runs in a container, raise the instance's metadata hop limit: \
     aws ec2 modify-instance-metadata-options --instance-id ID --http-put-response-hop-limit 2";
 
-/// One attempt: token (unless in v1 mode), then signature and document together.
-pub async fn fetch(
-    client: &MetadataClient,
-    base: &Url,
-    state: &AwsState,
-) -> Result<Identity, MetadataError> {
-    let token = if state.using_v1() {
-        None
-    } else {
-        match put_token(client, base).await? {
-            TokenAnswer::Token(t) => Some(t),
-            TokenAnswer::Unavailable(reason) => {
-                tracing::warn!(
-                    "IMDSv2 token request {reason}; falling back to IMDSv1 (token-less GETs). {HOP_LIMIT_FIX}"
-                );
-                state.v1.store(true, Ordering::Relaxed);
-                None
-            }
-        }
-    };
-    let (signature, document) = tokio::join!(
-        get(client, base, SIGNATURE_PATH, token.as_ref(), state),
-        get(client, base, DOCUMENT_PATH, token.as_ref(), state),
-    );
-    let (signature, document) = (signature?, document?);
-    if document.trim().is_empty() || signature.trim().is_empty() {
-        return Err(MetadataError::refused(
-            "AWS metadata returned an empty instance identity document or signature; this is not a genuine IMDS",
-        ));
+pub struct Aws;
+
+/// Does this `product_uuid` start with "ec2" in either byte order?
+pub fn is_ec2_uuid(uuid: &str) -> bool {
+    let u = uuid.trim().to_ascii_lowercase();
+    if u.starts_with("ec2") {
+        return true;
     }
-    Ok(Identity::Aws {
-        document: Secret::new(document),
-        signature: Secret::new(signature),
-    })
+    // Little-endian SMBIOS: the first group's bytes are swapped ("45E12AEC" → "EC2AE145").
+    let first = u.split('-').next().unwrap_or("");
+    if first.len() == 8 && first.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let swapped: String = (0..4).rev().map(|i| &first[i * 2..i * 2 + 2]).collect();
+        return swapped.starts_with("ec2");
+    }
+    false
+}
+
+const SIGNALS: &[DmiSignal] = &[
+    DmiSignal {
+        file: "sys/hypervisor/uuid",
+        decides: |v| v.to_ascii_lowercase().starts_with("ec2"),
+    },
+    DmiSignal {
+        file: "sys/class/dmi/id/product_uuid",
+        decides: is_ec2_uuid,
+    },
+    DmiSignal {
+        file: "sys/class/dmi/id/board_asset_tag",
+        decides: |v| v.starts_with("i-"),
+    },
+    DmiSignal {
+        file: "sys/class/dmi/id/sys_vendor",
+        decides: |v| v == "Amazon EC2",
+    },
+    DmiSignal {
+        file: "sys/class/dmi/id/bios_vendor",
+        decides: |v| v == "Amazon EC2",
+    },
+];
+
+impl Provider for Aws {
+    fn id(&self) -> &'static str {
+        "aws"
+    }
+    fn display_name(&self) -> &'static str {
+        "AWS"
+    }
+    fn auth_method(&self) -> &'static str {
+        "aws-instance-identity"
+    }
+    fn coder_path(&self) -> &'static str {
+        "/api/v2/workspaceagents/aws-instance-identity"
+    }
+    fn dmi_signals(&self) -> &'static [DmiSignal] {
+        SIGNALS
+    }
+
+    /// The conventions shared by all AWS SDKs.
+    fn endpoint(&self, env: &dyn Env) -> Result<Url, String> {
+        if let Some(e) = env.var(ENDPOINT_VAR) {
+            return env_url(ENDPOINT_VAR, &e, LINK_LOCAL);
+        }
+        let url = match env.var(MODE_VAR) {
+            Some(m) if m.trim().eq_ignore_ascii_case("ipv6") => IPV6_ENDPOINT,
+            Some(m) if m.trim().eq_ignore_ascii_case("ipv4") => LINK_LOCAL,
+            Some(m) => return Err(format!("{MODE_VAR} {m:?} is not IPv4 or IPv6")),
+            None => LINK_LOCAL,
+        };
+        Ok(Url::parse(url).expect("static URL"))
+    }
+
+    fn disabled_by(&self, env: &dyn Env) -> Option<Setting> {
+        env.var(DISABLED_VAR)
+            .filter(|v| v.trim().eq_ignore_ascii_case("true"))
+            .map(|value| Setting {
+                var: DISABLED_VAR,
+                value,
+            })
+    }
+
+    /// The token PUT (with a short TTL) answers only on EC2.
+    fn probe(&self) -> ProbeSpec {
+        ProbeSpec {
+            method: Method::PUT,
+            path: TOKEN_PATH,
+            header: (TTL_HEADER, "60"),
+            decisive: |r| r.status == 200 && !r.body.is_empty(),
+        }
+    }
+
+    fn fetcher(&self, client: MetadataClient, base: Url) -> Box<dyn Fetcher> {
+        Box::new(AwsFetcher {
+            client,
+            base,
+            v1: AtomicBool::new(false),
+        })
+    }
+
+    fn summarize(&self, identity: &Identity) -> Value {
+        let document = identity.get(DOCUMENT).map(Secret::expose).unwrap_or("");
+        let mut v = json!({ "cloud": self.id() });
+        match parse_document(document) {
+            Ok(d) => v["document"] = serde_json::to_value(d).unwrap_or(Value::Null),
+            Err(e) => v["document_error"] = json!(e),
+        }
+        v["document_bytes"] = json!(document.len());
+        v["signature_bytes"] = json!(identity.get(SIGNATURE).map_or(0, Secret::len));
+        v
+    }
+}
+
+/// One run's fetcher: remembers whether it fell back to IMDSv1.
+struct AwsFetcher {
+    client: MetadataClient,
+    base: Url,
+    v1: AtomicBool,
+}
+
+impl Fetcher for AwsFetcher {
+    fn fetch(&self) -> FetchFuture<'_> {
+        Box::pin(self.fetch_once())
+    }
 }
 
 enum TokenAnswer {
@@ -78,90 +166,134 @@ enum TokenAnswer {
     Unavailable(String),
 }
 
-async fn put_token(client: &MetadataClient, base: &Url) -> Result<TokenAnswer, MetadataError> {
-    let url = join(base, TOKEN_PATH);
-    let req = client
-        .request(Method::PUT, url.clone())
-        .header(TTL_HEADER, TOKEN_TTL)
-        .timeout(PUT_TIMEOUT);
-    let what = "AWS IMDSv2 token";
-    let resp = match client.send(what, req).await {
-        Ok(r) => r,
-        Err(e) if e.message.contains("timed out") => {
-            return Ok(TokenAnswer::Unavailable(format!(
-                "to {url} timed out after {}s",
-                PUT_TIMEOUT.as_secs()
-            )))
-        }
-        Err(e) => return Err(e),
-    };
-    let url = url.as_str();
-    match resp.status {
-        200 => {
-            let token = String::from_utf8(resp.body)
-                .map_err(|_| MetadataError::refused(format!("{what}: {url} answered a token that is not text")))?;
-            let token = token.trim().to_string();
-            if token.is_empty() {
-                return Err(MetadataError::transient(format!("{what}: {url} answered an empty token")));
+impl AwsFetcher {
+    /// One attempt: token (unless in v1 mode), then signature and document together.
+    async fn fetch_once(&self) -> Result<Identity, MetadataError> {
+        let token = if self.v1.load(Ordering::Relaxed) {
+            None
+        } else {
+            match self.put_token().await? {
+                TokenAnswer::Token(t) => Some(t),
+                TokenAnswer::Unavailable(reason) => {
+                    tracing::warn!(
+                        "IMDSv2 token request {reason}; falling back to IMDSv1 (token-less GETs). {HOP_LIMIT_FIX}"
+                    );
+                    self.v1.store(true, Ordering::Relaxed);
+                    None
+                }
             }
-            Ok(TokenAnswer::Token(Secret::new(token)))
+        };
+        let (signature, document) = tokio::join!(
+            self.get(SIGNATURE_PATH, token.as_ref()),
+            self.get(DOCUMENT_PATH, token.as_ref()),
+        );
+        let (signature, document) = (signature?, document?);
+        if document.trim().is_empty() || signature.trim().is_empty() {
+            return Err(MetadataError::new(
+                "AWS instance identity",
+                None,
+                Cause::Malformed(
+                    "the metadata service returned an empty document or signature; this is not a genuine IMDS"
+                        .into(),
+                ),
+            ));
         }
-        404 | 405 => Ok(TokenAnswer::Unavailable(format!(
-            "to {url} answered {}",
-            resp.status
-        ))),
-        403 => Err(MetadataError::refused(format!(
-            "{what}: {url} answered 403: the instance metadata service is disabled for this instance; \
-             enable it (aws ec2 modify-instance-metadata-options --http-endpoint enabled) or use another --auth"
-        ))),
-        _ => Err(status_error(what, url, &resp)),
+        Ok(Identity::new(
+            super::Cloud(&Aws),
+            vec![
+                Field::secret(SIGNATURE, signature),
+                Field::secret(DOCUMENT, document),
+            ],
+        ))
+    }
+
+    async fn put_token(&self) -> Result<TokenAnswer, MetadataError> {
+        const WHAT: &str = "AWS IMDSv2 token";
+        let url = join(&self.base, TOKEN_PATH);
+        let req = self
+            .client
+            .request(Method::PUT, url.clone())
+            .header(TTL_HEADER, TOKEN_TTL)
+            .timeout(PUT_TIMEOUT);
+        let resp = match self.client.send(WHAT, req).await {
+            Ok(r) => r,
+            Err(e) if e.cause == Cause::Timeout => {
+                return Ok(TokenAnswer::Unavailable(format!(
+                    "to {url} timed out after {}s",
+                    PUT_TIMEOUT.as_secs()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        match resp.status {
+            200 => {
+                let token = resp.text(WHAT)?;
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(MetadataError::new(
+                        WHAT,
+                        Some(format!("PUT {url}")),
+                        Cause::Malformed("answered an empty token".into()),
+                    )
+                    .transient(true));
+                }
+                Ok(TokenAnswer::Token(Secret::new(token)))
+            }
+            404 | 405 => Ok(TokenAnswer::Unavailable(format!(
+                "to {url} answered {}",
+                resp.status
+            ))),
+            403 => Err(resp.status_error(WHAT).hint(
+                "the instance metadata service is disabled for this instance; enable it \
+                 (aws ec2 modify-instance-metadata-options --http-endpoint enabled) or use another --auth",
+            )),
+            _ => Err(resp.status_error(WHAT)),
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&Secret>) -> Result<String, MetadataError> {
+        let what = if path == DOCUMENT_PATH {
+            "AWS instance identity document"
+        } else {
+            "AWS instance identity signature"
+        };
+        let mut req = self.client.request(Method::GET, join(&self.base, path));
+        if let Some(t) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(t.expose()).map_err(|_| {
+                MetadataError::new(
+                    "AWS IMDSv2 token",
+                    None,
+                    Cause::Malformed("answered a token that is not a valid header value".into()),
+                )
+            })?;
+            value.set_sensitive(true);
+            req = req.header(TOKEN_HEADER, value);
+        }
+        let resp = self.client.send(what, req).await?;
+        match resp.status {
+            // Byte for byte: no trimming, no re-formatting.
+            200 => resp.text(what),
+            401 if token.is_none() => {
+                // IMDSv1 refused: the instance requires IMDSv2, whose PUT we could not complete.
+                self.v1.store(false, Ordering::Relaxed);
+                Err(status_error_401(&resp, what).hint(format!(
+                    "a token-less (IMDSv1) GET was refused: the instance requires IMDSv2, \
+                     but the token PUT did not complete; {HOP_LIMIT_FIX}"
+                )))
+            }
+            401 => Err(status_error_401(&resp, what)
+                .hint("the IMDSv2 token was refused; a fresh token will be fetched")),
+            404 => Err(resp
+                .status_error(what)
+                .hint("this metadata service has no instance identity; is this an EC2 instance?")),
+            _ => Err(resp.status_error(what)),
+        }
     }
 }
 
-async fn get(
-    client: &MetadataClient,
-    base: &Url,
-    path: &str,
-    token: Option<&Secret>,
-    state: &AwsState,
-) -> Result<String, MetadataError> {
-    let url = join(base, path);
-    let mut req = client.request(Method::GET, url.clone());
-    if let Some(t) = token {
-        let mut value = reqwest::header::HeaderValue::from_str(t.expose()).map_err(|_| {
-            MetadataError::refused("AWS IMDSv2 answered a token that is not a valid header value")
-        })?;
-        value.set_sensitive(true);
-        req = req.header(TOKEN_HEADER, value);
-    }
-    let what = if path == DOCUMENT_PATH {
-        "AWS instance identity document"
-    } else {
-        "AWS instance identity signature"
-    };
-    let resp = client.send(what, req).await?;
-    let url = url.as_str();
-    match resp.status {
-        // Byte for byte: no trimming, no re-formatting.
-        200 => String::from_utf8(resp.body).map_err(|_| {
-            MetadataError::refused(format!("{what}: {url} answered bytes that are not UTF-8 text"))
-        }),
-        401 if token.is_none() => {
-            // IMDSv1 refused: the instance requires IMDSv2, whose PUT we could not complete.
-            state.v1.store(false, Ordering::Relaxed);
-            Err(MetadataError::transient(format!(
-                "{what}: {url} answered 401 to a token-less (IMDSv1) GET: the instance requires IMDSv2, \
-                 but the token PUT did not complete; {HOP_LIMIT_FIX}"
-            )))
-        }
-        401 => Err(MetadataError::transient(format!(
-            "{what}: {url} answered 401: the IMDSv2 token was refused; a fresh token will be fetched"
-        ))),
-        404 => Err(MetadataError::refused(format!(
-            "{what}: {url} answered 404: this metadata service has no instance identity; is this an EC2 instance?"
-        ))),
-        _ => Err(status_error(what, url, &resp)),
-    }
+/// IMDS answers 401 to an expired or missing token: retry with a fresh one.
+fn status_error_401(resp: &MetaResponse, what: &'static str) -> MetadataError {
+    resp.status_error(what).transient(true)
 }
 
 /// The fields of the identity document that `identity` prints.
@@ -186,6 +318,7 @@ pub fn parse_document(doc: &str) -> Result<DocumentSummary, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::test_env::env;
 
     #[test]
     fn document_summary_parses_the_real_shape() {
@@ -206,5 +339,25 @@ mod tests {
         assert_eq!(s.account_id.as_deref(), Some("123456789012"));
         assert!(parse_document("not json").is_err());
         assert!(parse_document("[1,2]").is_err());
+    }
+
+    #[test]
+    fn ec2_uuid_forms() {
+        assert!(is_ec2_uuid("ec2abcde-0000"));
+        assert!(is_ec2_uuid("EC2E1916-9099-7CAF-FD21-012345ABCDEF"));
+        assert!(is_ec2_uuid("45E12AEC-DCD1-B213-94ED-012345ABCDEF"));
+        assert!(!is_ec2_uuid("12345678-DCD1-B213-94ED-012345ABCDEF"));
+        assert!(!is_ec2_uuid("00000000-0000"));
+        assert!(!is_ec2_uuid("zz"));
+    }
+
+    #[test]
+    fn disabled_only_by_true() {
+        assert!(Aws
+            .disabled_by(&env(&[("AWS_EC2_METADATA_DISABLED", "TRUE")]))
+            .is_some());
+        assert!(Aws
+            .disabled_by(&env(&[("AWS_EC2_METADATA_DISABLED", "false")]))
+            .is_none());
     }
 }

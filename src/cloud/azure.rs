@@ -1,11 +1,98 @@
 //! Azure: the attested document, whose JSON fields are passed on unchanged.
 
 use reqwest::{Method, Url};
+use serde_json::{json, Value};
 
-use super::{body_snippet, join, status_error, Identity, MetadataClient, MetadataError};
+use super::{
+    join, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetadataClient, ProbeSpec,
+    Provider, LINK_LOCAL,
+};
 use crate::secret::Secret;
 
 pub const ATTESTED_PATH: &str = "/metadata/attested/document?api-version=2020-09-01";
+pub const METADATA_HEADER: &str = "metadata";
+/// Azure's fixed chassis asset tag.
+pub const ASSET_TAG: &str = "7783-7084-3265-9085-8269-3286-77";
+/// The body fields Coder's `azure-instance-identity` endpoint takes.
+pub const SIGNATURE: &str = "signature";
+pub const ENCODING: &str = "encoding";
+
+pub struct Azure;
+
+const SIGNALS: &[DmiSignal] = &[DmiSignal {
+    file: "sys/class/dmi/id/chassis_asset_tag",
+    decides: |v| v == ASSET_TAG,
+}];
+
+impl Provider for Azure {
+    fn id(&self) -> &'static str {
+        "azure"
+    }
+    fn display_name(&self) -> &'static str {
+        "Azure"
+    }
+    fn auth_method(&self) -> &'static str {
+        "azure-instance-identity"
+    }
+    fn coder_path(&self) -> &'static str {
+        "/api/v2/workspaceagents/azure-instance-identity"
+    }
+    /// Only the asset tag: `sys_vendor` "Microsoft Corporation" and `product_name`
+    /// "Virtual Machine" are also on-premises Hyper-V, so they decide nothing.
+    fn dmi_signals(&self) -> &'static [DmiSignal] {
+        SIGNALS
+    }
+
+    /// Azure has no endpoint convention of its own.
+    fn endpoint(&self, _env: &dyn Env) -> Result<Url, String> {
+        Ok(Url::parse(LINK_LOCAL).expect("static URL"))
+    }
+
+    /// The instance metadata JSON (with its `compute` object) is Azure's alone.
+    fn probe(&self) -> ProbeSpec {
+        ProbeSpec {
+            method: Method::GET,
+            path: "/metadata/instance?api-version=2021-02-01",
+            header: (METADATA_HEADER, "true"),
+            decisive: |r| {
+                r.status == 200
+                    && serde_json::from_slice::<Value>(&r.body)
+                        .is_ok_and(|v| v.get("compute").is_some())
+            },
+        }
+    }
+
+    fn fetcher(&self, client: MetadataClient, base: Url) -> Box<dyn Fetcher> {
+        Box::new(AzureFetcher { client, base })
+    }
+
+    fn summarize(&self, identity: &Identity) -> Value {
+        let signature = identity.get(SIGNATURE).map(Secret::expose).unwrap_or("");
+        let mut v = json!({
+            "cloud": self.id(),
+            "encoding": identity.get(ENCODING).map(Secret::expose),
+            "signature_bytes": signature.len(),
+            "note": "content extracted from the PKCS#7 without verifying its signature; Coder verifies it",
+        });
+        match extract_content(signature).and_then(|c| {
+            serde_json::from_slice::<Value>(&c)
+                .map_err(|e| format!("the signed content is not JSON: {e}"))
+        }) {
+            Ok(c) => {
+                v["content"] = json!({
+                    "vmId": c.get("vmId"),
+                    "createdOn": c["timeStamp"].get("createdOn"),
+                    "expiresOn": c["timeStamp"].get("expiresOn"),
+                    "subscriptionId": c.get("subscriptionId"),
+                    "sku": c.get("sku"),
+                    "nonce": c.get("nonce"),
+                })
+            }
+            Err(e) => v["content_error"] = json!(e),
+        }
+        v
+    }
+}
 
 #[derive(serde::Deserialize)]
 struct Attested {
@@ -13,38 +100,44 @@ struct Attested {
     signature: String,
 }
 
-pub async fn fetch(client: &MetadataClient, base: &Url) -> Result<Identity, MetadataError> {
-    let url = join(base, ATTESTED_PATH);
-    let what = "Azure attested document";
-    let req = client
-        .request(Method::GET, url.clone())
-        .header("metadata", "true");
-    let resp = client.send(what, req).await?;
-    let url = url.as_str();
-    match resp.status {
-        200 => {
-            let doc: Attested = serde_json::from_slice(&resp.body).map_err(|e| {
-                MetadataError::refused(format!(
-                    "{what}: {url} answered 200 without the expected JSON {{\"encoding\",\"signature\"}}: {e}"
-                ))
-            })?;
-            if doc.signature.is_empty() {
-                return Err(MetadataError::refused(format!(
-                    "{what}: {url} answered an empty signature"
-                )));
+struct AzureFetcher {
+    client: MetadataClient,
+    base: Url,
+}
+
+impl Fetcher for AzureFetcher {
+    fn fetch(&self) -> FetchFuture<'_> {
+        Box::pin(async move {
+            const WHAT: &str = "Azure attested document";
+            let req = self
+                .client
+                .request(Method::GET, join(&self.base, ATTESTED_PATH))
+                .header(METADATA_HEADER, "true");
+            let resp = self.client.send(WHAT, req).await?;
+            match resp.status {
+                200 => {
+                    let doc: Attested = serde_json::from_slice(&resp.body).map_err(|e| {
+                        resp.malformed(
+                            WHAT,
+                            format!("answered 200 without the expected JSON {{\"encoding\",\"signature\"}}: {e}"),
+                        )
+                    })?;
+                    if doc.signature.is_empty() {
+                        return Err(resp.malformed(WHAT, "answered an empty signature"));
+                    }
+                    Ok(Identity::new(
+                        super::Cloud(&Azure),
+                        vec![
+                            Field::secret(SIGNATURE, doc.signature),
+                            Field::plain(ENCODING, doc.encoding),
+                        ],
+                    ))
+                }
+                // Azure IMDS answers these while it warms up or throttles (cloud-init retries them).
+                404 | 410 => Err(resp.status_error(WHAT).transient(true)),
+                _ => Err(resp.status_error(WHAT)),
             }
-            Ok(Identity::Azure {
-                encoding: doc.encoding,
-                signature: Secret::new(doc.signature),
-            })
-        }
-        // Azure IMDS answers these while it warms up or throttles (cloud-init retries them).
-        404 | 410 => Err(MetadataError::transient(format!(
-            "{what}: {url} answered {}: {}",
-            resp.status,
-            body_snippet(&resp.body)
-        ))),
-        _ => Err(status_error(what, url, &resp)),
+        })
     }
 }
 

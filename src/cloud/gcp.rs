@@ -2,42 +2,159 @@
 
 use base64::Engine;
 use reqwest::{Method, Url};
+use serde_json::{json, Value};
 
-use super::{join, status_error, Identity, MetadataClient, MetadataError};
+use super::{
+    join, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetadataClient, MetadataError,
+    ProbeSpec, Provider,
+};
 use crate::secret::Secret;
 
 pub const IDENTITY_PATH: &str =
     "/computeMetadata/v1/instance/service-accounts/default/identity?audience=coder&format=full";
 pub const FLAVOR_HEADER: &str = "metadata-flavor";
+pub const FLAVOR: &str = "Google";
+/// The body field Coder's `google-instance-identity` endpoint takes.
+pub const JWT: &str = "json_web_token";
+/// Google's client libraries take this as "on GCE, metadata at HOST[:PORT]".
+const HOST_VAR: &str = "GCE_METADATA_HOST";
 
-pub async fn fetch(client: &MetadataClient, base: &Url) -> Result<Identity, MetadataError> {
-    let url = join(base, IDENTITY_PATH);
-    let what = "GCP identity token";
-    let req = client
-        .request(Method::GET, url.clone())
-        .header(FLAVOR_HEADER, "Google");
-    let resp = client.send(what, req).await?;
-    let url = url.as_str();
-    match resp.status {
-        200 => {
-            let jwt = String::from_utf8(resp.body).map_err(|_| {
-                MetadataError::refused(format!("{what}: {url} answered bytes that are not text"))
-            })?;
-            if jwt.split('.').count() != 3 {
-                return Err(MetadataError::refused(format!(
-                    "{what}: {url} answered something that is not a JWT ({} bytes)",
-                    jwt.len()
-                )));
-            }
-            Ok(Identity::Gcp {
-                jwt: Secret::new(jwt),
-            })
+pub struct Gcp;
+
+const SIGNALS: &[DmiSignal] = &[
+    DmiSignal {
+        file: "sys/class/dmi/id/product_name",
+        decides: |v| v == "Google Compute Engine" || v == "Google",
+    },
+    DmiSignal {
+        file: "sys/class/dmi/id/product_serial",
+        decides: |v| v.starts_with("GoogleCloud-"),
+    },
+];
+
+impl Provider for Gcp {
+    fn id(&self) -> &'static str {
+        "gcp"
+    }
+    fn display_name(&self) -> &'static str {
+        "GCP"
+    }
+    fn auth_method(&self) -> &'static str {
+        "google-instance-identity"
+    }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["google"]
+    }
+    fn coder_path(&self) -> &'static str {
+        "/api/v2/workspaceagents/google-instance-identity"
+    }
+    fn dmi_signals(&self) -> &'static [DmiSignal] {
+        SIGNALS
+    }
+
+    fn endpoint(&self, env: &dyn Env) -> Result<Url, String> {
+        match env.var(HOST_VAR) {
+            Some(host) => Url::parse(&format!("http://{}", host.trim())).map_err(|err| {
+                format!("{HOST_VAR} {host:?} is not a host[:port] ({err}); e.g. 169.254.169.254 or localhost:8080")
+            }),
+            None => Ok(Url::parse("http://metadata.google.internal").expect("static URL")),
         }
-        404 => Err(MetadataError::refused(format!(
-            "{what}: {url} answered 404: the VM has no default service account, so it cannot \
-             mint identity tokens; attach a service account to the instance"
-        ))),
-        _ => Err(status_error(what, url, &resp)),
+    }
+
+    fn hint_var(&self) -> Option<&'static str> {
+        Some(HOST_VAR)
+    }
+
+    /// Only Google's metadata server answers with `Metadata-Flavor: Google`.
+    fn probe(&self) -> ProbeSpec {
+        ProbeSpec {
+            method: Method::GET,
+            path: "/",
+            header: (FLAVOR_HEADER, FLAVOR),
+            decisive: |r| {
+                r.headers
+                    .get(FLAVOR_HEADER)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(FLAVOR.as_bytes()))
+            },
+        }
+    }
+
+    fn fetcher(&self, client: MetadataClient, base: Url) -> Box<dyn Fetcher> {
+        Box::new(GcpFetcher { client, base })
+    }
+
+    fn summarize(&self, identity: &Identity) -> Value {
+        let jwt = identity.get(JWT).map(Secret::expose).unwrap_or("");
+        let mut v = json!({
+            "cloud": self.id(),
+            "jwt_bytes": jwt.len(),
+            "note": "claims decoded without verifying the signature; Coder verifies it",
+        });
+        match decode_claims(jwt) {
+            Ok(c) => {
+                let ce = &c["google"]["compute_engine"];
+                v["claims"] = json!({
+                    "instance_id": ce.get("instance_id"),
+                    "instance_name": ce.get("instance_name"),
+                    "zone": ce.get("zone"),
+                    "project_id": ce.get("project_id"),
+                    "project_number": ce.get("project_number"),
+                    "aud": c.get("aud"),
+                    "iss": c.get("iss"),
+                    "iat": c.get("iat"),
+                    "exp": c.get("exp"),
+                });
+                if ce.get("instance_id").is_none() {
+                    v["warning"] = json!(
+                        "no google.compute_engine.instance_id claim: Coder needs format=full"
+                    );
+                }
+            }
+            Err(e) => v["claims_error"] = json!(e),
+        }
+        v
+    }
+}
+
+struct GcpFetcher {
+    client: MetadataClient,
+    base: Url,
+}
+
+impl Fetcher for GcpFetcher {
+    fn fetch(&self) -> FetchFuture<'_> {
+        Box::pin(async move {
+            const WHAT: &str = "GCP identity token";
+            let req = self
+                .client
+                .request(Method::GET, join(&self.base, IDENTITY_PATH))
+                .header(FLAVOR_HEADER, FLAVOR);
+            let resp = self.client.send(WHAT, req).await?;
+            match resp.status {
+                200 => {
+                    let jwt = resp.text(WHAT)?;
+                    if jwt.split('.').count() != 3 {
+                        return Err(MetadataError::new(
+                            WHAT,
+                            None,
+                            super::Cause::Malformed(format!(
+                                "answered something that is not a JWT ({} bytes)",
+                                jwt.len()
+                            )),
+                        ));
+                    }
+                    Ok(Identity::new(
+                        super::Cloud(&Gcp),
+                        vec![Field::secret(JWT, jwt)],
+                    ))
+                }
+                404 => Err(resp.status_error(WHAT).hint(
+                    "the VM has no default service account, so it cannot mint identity tokens; \
+                     attach a service account to the instance",
+                )),
+                _ => Err(resp.status_error(WHAT)),
+            }
+        })
     }
 }
 

@@ -1,62 +1,143 @@
-//! Cloud identity providers: one module per cloud, one shared metadata client.
+//! Cloud identity providers: everything true of one cloud lives in its own
+//! file, behind the [`Provider`] trait; [`REGISTRY`] lists them once.
 //!
-//! No provider knows about Coder: each turns the metadata service's answers
-//! into an [`Identity`] holding exactly what is posted.
+//! The rest of the program reaches a cloud only through a [`Cloud`] (a handle
+//! on its provider) and the [`Identity`] it fetched. A fourth cloud is one new
+//! file here plus one line in [`REGISTRY`] (see ARCHITECTURE.md).
 
 pub mod aws;
 pub mod azure;
+#[cfg(test)]
+mod example;
 pub mod gcp;
+pub mod http;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
 
 use reqwest::{Method, Url};
+use serde_json::Value;
 
-use crate::retry::Transient;
+pub use http::{Cause, MetaResponse, MetadataClient, MetadataError};
+
 use crate::secret::Secret;
 
-/// The real metadata address shared by AWS, GCP and Azure.
-pub const LINK_LOCAL: &str = "http://169.254.169.254";
-/// The cap on any metadata response body: real bodies are a few KiB at most.
-pub const BODY_CAP: usize = 64 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every cloud this build knows, in detection order (cloud-init's: Azure, GCP, AWS).
+pub const REGISTRY: &[Cloud] = &[Cloud(&azure::Azure), Cloud(&gcp::Gcp), Cloud(&aws::Aws)];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cloud {
-    Aws,
-    Gcp,
-    Azure,
+/// The link-local metadata address that AWS, GCP and Azure share.
+pub const LINK_LOCAL: &str = "http://169.254.169.254";
+
+/// A future returned by a provider's fetch.
+pub type FetchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Identity, MetadataError>> + Send + 'a>>;
+
+/// Everything that is true of one cloud.
+pub trait Provider: Sync + 'static {
+    /// The short name: `aws`, `gcp`, `azure` (logs, `--json`, `detect`).
+    fn id(&self) -> &'static str;
+    /// The name for people: `AWS`, `GCP`, `Azure`.
+    fn display_name(&self) -> &'static str;
+    /// Coder's `CODER_AGENT_AUTH` value for this cloud, e.g. `aws-instance-identity`.
+    fn auth_method(&self) -> &'static str;
+    /// Other spellings `--auth` accepts (the id is always accepted).
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The Coder endpoint that takes this cloud's identity.
+    fn coder_path(&self) -> &'static str;
+    /// DMI files that identify this cloud without the network, in the order checked.
+    fn dmi_signals(&self) -> &'static [DmiSignal];
+    /// The metadata service's base URL from this cloud's own conventions
+    /// (environment variables) or its real address.
+    fn endpoint(&self, env: &dyn Env) -> Result<Url, String>;
+    /// An environment variable whose presence decides this cloud, if any.
+    fn hint_var(&self) -> Option<&'static str> {
+        None
+    }
+    /// A setting that forbids using this cloud's metadata service, if set.
+    fn disabled_by(&self, _env: &dyn Env) -> Option<Setting> {
+        None
+    }
+    /// The cheap request that tells, in about a second, whether this cloud's
+    /// metadata service is here.
+    fn probe(&self) -> ProbeSpec;
+    /// A fetcher for one run (it may keep state across retries).
+    fn fetcher(&self, client: MetadataClient, base: Url) -> Box<dyn Fetcher>;
+    /// What `identity` prints: the identity's decoded, non-secret contents.
+    fn summarize(&self, identity: &Identity) -> Value;
 }
 
+/// Fetches one identity per call; the caller retries transient errors.
+pub trait Fetcher: Send + Sync {
+    fn fetch(&self) -> FetchFuture<'_>;
+}
+
+/// A DMI file and the test that makes it decisive for its cloud.
+pub struct DmiSignal {
+    /// Relative to the filesystem root, e.g. `sys/class/dmi/id/sys_vendor`.
+    pub file: &'static str,
+    pub decides: fn(&str) -> bool,
+}
+
+/// A detection probe: one request and what makes its answer decisive.
+pub struct ProbeSpec {
+    pub method: Method,
+    /// Absolute path (and query) on the metadata base URL.
+    pub path: &'static str,
+    pub header: (&'static str, &'static str),
+    pub decisive: fn(&MetaResponse) -> bool,
+}
+
+/// An environment setting that was found, for messages and `detect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub var: &'static str,
+    pub value: String,
+}
+
+/// A handle on one cloud's provider; compared by its id.
+#[derive(Clone, Copy)]
+pub struct Cloud(&'static dyn Provider);
+
 impl Cloud {
-    pub const ALL: [Cloud; 3] = [Cloud::Aws, Cloud::Gcp, Cloud::Azure];
-
-    /// The `CODER_AGENT_AUTH` value Coder uses for this cloud.
-    pub fn auth_method(self) -> &'static str {
-        match self {
-            Cloud::Aws => "aws-instance-identity",
-            Cloud::Gcp => "google-instance-identity",
-            Cloud::Azure => "azure-instance-identity",
-        }
+    /// Find a cloud by `--auth` spelling: its auth method, id or an alias (any case).
+    pub fn from_auth(raw: &str) -> Option<Cloud> {
+        Self::from_auth_in(REGISTRY, raw)
     }
 
-    pub fn short(self) -> &'static str {
-        match self {
-            Cloud::Aws => "aws",
-            Cloud::Gcp => "gcp",
-            Cloud::Azure => "azure",
-        }
+    fn from_auth_in(registry: &[Cloud], raw: &str) -> Option<Cloud> {
+        registry.iter().copied().find(|c| {
+            raw.eq_ignore_ascii_case(c.auth_method())
+                || raw.eq_ignore_ascii_case(c.id())
+                || c.aliases().iter().any(|a| raw.eq_ignore_ascii_case(a))
+        })
     }
 
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Cloud::Aws => "AWS",
-            Cloud::Gcp => "GCP",
-            Cloud::Azure => "Azure",
-        }
+    /// The provider behind this handle.
+    pub fn provider(self) -> &'static dyn Provider {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Cloud {
+    type Target = dyn Provider;
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
+}
+
+impl PartialEq for Cloud {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+impl Eq for Cloud {}
+
+impl fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
     }
 }
 
@@ -66,219 +147,80 @@ impl fmt::Display for Cloud {
     }
 }
 
-/// Exactly what is posted to Coder, one variant per cloud.
+impl serde::Serialize for Cloud {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
+    }
+}
+
+/// `a|b|c` of every auth method, for help and error messages.
+pub fn auth_methods() -> String {
+    REGISTRY
+        .iter()
+        .map(|c| c.auth_method())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// One field of the JSON body posted to Coder.
 #[derive(Debug, Clone)]
-pub enum Identity {
-    Aws { document: Secret, signature: Secret },
-    Gcp { jwt: Secret },
-    Azure { encoding: String, signature: Secret },
+pub struct Field {
+    /// The JSON key Coder expects.
+    pub name: &'static str,
+    pub value: Secret,
+    /// Whether the value is secret (shortened in `--dry-run`, withheld from server text).
+    pub secret: bool,
+}
+
+impl Field {
+    pub fn secret(name: &'static str, value: impl Into<String>) -> Self {
+        Field {
+            name,
+            value: Secret::new(value),
+            secret: true,
+        }
+    }
+    pub fn plain(name: &'static str, value: impl Into<String>) -> Self {
+        Field {
+            name,
+            value: Secret::new(value),
+            secret: false,
+        }
+    }
+}
+
+/// Exactly what is posted to Coder: the cloud and its body fields, in order.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    cloud: Cloud,
+    fields: Vec<Field>,
 }
 
 impl Identity {
+    pub fn new(cloud: Cloud, fields: Vec<Field>) -> Self {
+        Identity { cloud, fields }
+    }
+
     pub fn cloud(&self) -> Cloud {
-        match self {
-            Identity::Aws { .. } => Cloud::Aws,
-            Identity::Gcp { .. } => Cloud::Gcp,
-            Identity::Azure { .. } => Cloud::Azure,
-        }
-    }
-}
-
-/// How a metadata failure should be handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetadataErrorKind {
-    /// Worth retrying: connect errors, timeouts, 5xx, 429, and the per-cloud extras.
-    Transient,
-    /// The service refused (400/403, disabled, no service account): exit 5.
-    Refused,
-}
-
-#[derive(Debug, Clone)]
-pub struct MetadataError {
-    pub kind: MetadataErrorKind,
-    pub message: String,
-}
-
-impl MetadataError {
-    pub fn transient(message: impl Into<String>) -> Self {
-        MetadataError {
-            kind: MetadataErrorKind::Transient,
-            message: message.into(),
-        }
-    }
-    pub fn refused(message: impl Into<String>) -> Self {
-        MetadataError {
-            kind: MetadataErrorKind::Refused,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for MetadataError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl Transient for MetadataError {
-    fn is_transient(&self) -> bool {
-        self.kind == MetadataErrorKind::Transient
-    }
-}
-
-/// A metadata answer, read in full under the size cap.
-#[derive(Debug)]
-pub struct MetaResponse {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Vec<u8>,
-}
-
-/// The one HTTP client for every metadata service: never a proxy, never a
-/// redirect, short timeouts, a size cap, and none of Coder's headers.
-#[derive(Clone)]
-pub struct MetadataClient {
-    http: reqwest::Client,
-}
-
-impl MetadataClient {
-    pub fn new() -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("coder-agent-auth/", env!("CARGO_PKG_VERSION")))
-            // Metadata services are plain http: skip loading the OS trust store.
-            .tls_backend_preconfigured(crate::tls::unused_tls_config())
-            // metadata.google.internal is always 169.254.169.254 on GCE; resolving it
-            // directly (as Google's own Go client does) avoids depending on DNS at boot.
-            .resolve(
-                "metadata.google.internal",
-                SocketAddr::from((Ipv4Addr::new(169, 254, 169, 254), 80)),
-            )
-            .build()
-            .map_err(|e| anyhow::anyhow!("building the metadata HTTP client: {e}"))?;
-        Ok(MetadataClient { http })
+        self.cloud
     }
 
-    pub fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
-        self.http.request(method, url)
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
     }
 
-    /// Send and read the body under [`BODY_CAP`]. Transport failures are transient.
-    pub async fn send(
-        &self,
-        what: &str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<MetaResponse, MetadataError> {
-        let req = req.build().map_err(|e| {
-            MetadataError::refused(format!("{what}: invalid request: {}", describe_reqwest(&e)))
-        })?;
-        let (method, url) = (req.method().clone(), req.url().clone());
-        let mut resp = self.http.execute(req).await.map_err(|e| {
-            MetadataError::transient(format!("{what}: {method} {url}: {}", describe_reqwest(&e)))
-        })?;
-        let status = resp.status().as_u16();
-        let headers = std::mem::take(resp.headers_mut());
-        let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > BODY_CAP {
-                        return Err(MetadataError::refused(format!(
-                            "{what}: {method} {url} answered more than {} KiB; real metadata bodies are a few KiB, \
-                             so this is not a genuine metadata service (check --metadata-endpoint and the \
-                             *_METADATA_* environment variables)",
-                            BODY_CAP / 1024
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(MetadataError::transient(format!(
-                        "{what}: {method} {url}: reading the answer failed: {}",
-                        describe_reqwest(&e)
-                    )))
-                }
-            }
-        }
-        tracing::debug!(%what, %method, %url, status, bytes = body.len(), "metadata answer");
-        Ok(MetaResponse {
-            status,
-            headers,
-            body,
-        })
+    /// A field's value by its JSON key.
+    pub fn get(&self, name: &str) -> Option<&Secret> {
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| &f.value)
     }
-}
 
-/// The common status rules, for statuses a provider does not handle itself:
-/// 5xx and 429 are transient; 400, 403 and anything unexpected mean the
-/// service refuses (exit 5).
-pub fn status_error(what: &str, url: &str, resp: &MetaResponse) -> MetadataError {
-    let status = resp.status;
-    let snippet = body_snippet(&resp.body);
-    match status {
-        429 => MetadataError::transient(format!("{what}: {url} answered 429 (throttled)")),
-        500..=599 => {
-            MetadataError::transient(format!("{what}: {url} answered {status}: {snippet}"))
-        }
-        400 | 403 => {
-            MetadataError::refused(format!("{what}: {url} refused with {status}: {snippet}"))
-        }
-        _ => MetadataError::refused(format!("{what}: {url} answered unexpected status {status}")),
+    /// The secret values (for redaction).
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.fields.iter().filter(|f| f.secret).map(|f| &f.value)
     }
-}
-
-/// The start of a metadata error body, for messages. Never called on a 200 body.
-pub fn body_snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    let text: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let text = text.trim();
-    if text.is_empty() {
-        "(empty body)".into()
-    } else if body.len() > 200 {
-        format!("{text}…")
-    } else {
-        text.to_string()
-    }
-}
-
-/// A reqwest error with its causes, without any URL query secrets (our URLs carry none).
-pub fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "could not connect".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// Where each cloud's metadata service lives.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    pub aws: Url,
-    pub gcp: Url,
-    pub azure: Url,
-    /// `AWS_EC2_METADATA_DISABLED=true`: refuse to use AWS.
-    pub aws_disabled: bool,
-    /// `GCE_METADATA_HOST` was set (a GCP signal for detection).
-    pub gce_metadata_host: Option<String>,
 }
 
 /// Environment lookups, injectable for tests.
@@ -286,6 +228,7 @@ pub trait Env {
     fn var(&self, key: &str) -> Option<String>;
 }
 
+/// The process environment; empty values count as unset.
 pub struct ProcessEnv;
 impl Env for ProcessEnv {
     fn var(&self, key: &str) -> Option<String> {
@@ -293,93 +236,92 @@ impl Env for ProcessEnv {
     }
 }
 
-impl Endpoints {
-    /// Resolve every cloud's endpoint: the generic override first, then each
-    /// cloud's own convention, then the real address.
-    pub fn resolve(generic: Option<&Url>, env: &dyn Env) -> Result<Self, String> {
-        let aws = match (generic, env.var("AWS_EC2_METADATA_SERVICE_ENDPOINT")) {
-            (Some(g), _) => g.clone(),
-            (None, Some(e)) => Url::parse(e.trim()).map_err(|err| {
-                format!("AWS_EC2_METADATA_SERVICE_ENDPOINT {e:?} is not a valid URL ({err}); e.g. http://169.254.169.254")
-            })?,
-            (None, None) => match env.var("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE") {
-                Some(m) if m.trim().eq_ignore_ascii_case("ipv6") => {
-                    Url::parse("http://[fd00:ec2::254]").expect("static URL")
-                }
-                Some(m) if m.trim().eq_ignore_ascii_case("ipv4") => {
-                    Url::parse(LINK_LOCAL).expect("static URL")
-                }
-                Some(m) => {
-                    return Err(format!(
-                        "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE {m:?} is not IPv4 or IPv6"
-                    ))
-                }
-                None => Url::parse(LINK_LOCAL).expect("static URL"),
-            },
-        };
-        let gce_metadata_host = env.var("GCE_METADATA_HOST").map(|h| h.trim().to_string());
-        let gcp = match (generic, &gce_metadata_host) {
-            (Some(g), _) => g.clone(),
-            (None, Some(host)) => Url::parse(&format!("http://{host}")).map_err(|err| {
-                format!("GCE_METADATA_HOST {host:?} is not a host[:port] ({err}); e.g. 169.254.169.254 or localhost:8080")
-            })?,
-            (None, None) => Url::parse("http://metadata.google.internal").expect("static URL"),
-        };
-        let azure = match generic {
-            Some(g) => g.clone(),
-            None => Url::parse(LINK_LOCAL).expect("static URL"),
-        };
-        let aws_disabled = env
-            .var("AWS_EC2_METADATA_DISABLED")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        Ok(Endpoints {
-            aws,
-            gcp,
-            azure,
-            aws_disabled,
-            gce_metadata_host,
+/// Where one cloud's metadata service is for this run, and the settings found.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub cloud: Cloud,
+    pub base: Url,
+    pub disabled_by: Option<Setting>,
+    pub env_hint: Option<Setting>,
+}
+
+impl Site {
+    /// Why this cloud cannot be used here, as an error (exit 5).
+    pub fn disabled_error(&self) -> Option<MetadataError> {
+        self.disabled_by.as_ref().map(|s| {
+            MetadataError::new(
+                "instance identity",
+                None,
+                Cause::Disabled(format!(
+                    "{} metadata is disabled by {}={}; unset it to use {}",
+                    self.cloud,
+                    s.var,
+                    s.value,
+                    self.cloud.auth_method()
+                )),
+            )
         })
     }
+}
 
-    pub fn for_cloud(&self, cloud: Cloud) -> &Url {
-        match cloud {
-            Cloud::Aws => &self.aws,
-            Cloud::Gcp => &self.gcp,
-            Cloud::Azure => &self.azure,
-        }
+/// Every cloud's metadata site for this run, in registry order.
+#[derive(Debug, Clone)]
+pub struct Endpoints(Vec<Site>);
+
+impl Endpoints {
+    /// Resolve every cloud's endpoint: the generic override (`--metadata-endpoint`)
+    /// first, then the cloud's own convention, then its real address. A malformed
+    /// convention variable is a usage error even on another cloud, so it is found early.
+    pub fn resolve(generic: Option<&Url>, env: &dyn Env) -> Result<Self, String> {
+        Self::resolve_in(REGISTRY, generic, env)
     }
-}
 
-/// Per-run provider state (the AWS IMDSv1 fallback survives across retries).
-#[derive(Default)]
-pub struct ProviderState {
-    pub aws: aws::AwsState,
-}
+    fn resolve_in(
+        registry: &[Cloud],
+        generic: Option<&Url>,
+        env: &dyn Env,
+    ) -> Result<Self, String> {
+        registry
+            .iter()
+            .map(|&cloud| {
+                let own = cloud.endpoint(env)?;
+                Ok(Site {
+                    cloud,
+                    base: generic.cloned().unwrap_or(own),
+                    disabled_by: cloud.disabled_by(env),
+                    env_hint: cloud.hint_var().and_then(|var| {
+                        env.var(var).map(|v| Setting {
+                            var,
+                            value: v.trim().to_string(),
+                        })
+                    }),
+                })
+            })
+            .collect::<Result<_, String>>()
+            .map(Endpoints)
+    }
 
-/// Fetch the identity for `cloud`: one attempt, retried by the caller.
-pub async fn fetch(
-    client: &MetadataClient,
-    endpoints: &Endpoints,
-    cloud: Cloud,
-    state: &Arc<ProviderState>,
-) -> Result<Identity, MetadataError> {
-    match cloud {
-        Cloud::Aws => {
-            if endpoints.aws_disabled {
-                return Err(MetadataError::refused(
-                    "AWS metadata is disabled by AWS_EC2_METADATA_DISABLED=true; unset it to use aws-instance-identity",
-                ));
-            }
-            aws::fetch(client, &endpoints.aws, &state.aws).await
-        }
-        Cloud::Gcp => gcp::fetch(client, &endpoints.gcp).await,
-        Cloud::Azure => azure::fetch(client, &endpoints.azure).await,
+    pub fn sites(&self) -> &[Site] {
+        &self.0
+    }
+
+    pub fn site(&self, cloud: Cloud) -> &Site {
+        self.0
+            .iter()
+            .find(|s| s.cloud == cloud)
+            .expect("every registered cloud has a site")
     }
 }
 
 /// Join an absolute path (and query) onto a metadata base URL.
 pub fn join(base: &Url, path_and_query: &str) -> Url {
     base.join(path_and_query).expect("static metadata path")
+}
+
+/// Parse a URL from an environment convention, naming the variable when it is wrong.
+pub fn env_url(var: &str, raw: &str, example: &str) -> Result<Url, String> {
+    Url::parse(raw.trim())
+        .map_err(|err| format!("{var} {raw:?} is not a valid URL ({err}); e.g. {example}"))
 }
 
 #[cfg(test)]
@@ -406,13 +348,18 @@ mod tests {
     use super::test_env::env;
     use super::*;
 
+    fn base(e: &Endpoints, id: &str) -> String {
+        let c = REGISTRY.iter().find(|c| c.id() == id).unwrap();
+        e.site(*c).base.to_string()
+    }
+
     #[test]
     fn real_addresses_by_default() {
         let e = Endpoints::resolve(None, &env(&[])).unwrap();
-        assert_eq!(e.aws.as_str(), "http://169.254.169.254/");
-        assert_eq!(e.gcp.as_str(), "http://metadata.google.internal/");
-        assert_eq!(e.azure.as_str(), "http://169.254.169.254/");
-        assert!(!e.aws_disabled);
+        assert_eq!(base(&e, "aws"), "http://169.254.169.254/");
+        assert_eq!(base(&e, "gcp"), "http://metadata.google.internal/");
+        assert_eq!(base(&e, "azure"), "http://169.254.169.254/");
+        assert!(e.sites().iter().all(|s| s.disabled_by.is_none()));
     }
 
     #[test]
@@ -426,15 +373,16 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(e.aws.as_str(), "http://[fd00:ec2::254]/");
-        assert_eq!(e.gcp.as_str(), "http://127.0.0.1:8080/");
-        assert!(e.aws_disabled);
+        assert_eq!(base(&e, "aws"), "http://[fd00:ec2::254]/");
+        assert_eq!(base(&e, "gcp"), "http://127.0.0.1:8080/");
+        let aws = e.sites().iter().find(|s| s.cloud.id() == "aws").unwrap();
+        assert!(aws.disabled_by.is_some());
         let e = Endpoints::resolve(
             None,
             &env(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://10.0.0.1:1338")]),
         )
         .unwrap();
-        assert_eq!(e.aws.as_str(), "http://10.0.0.1:1338/");
+        assert_eq!(base(&e, "aws"), "http://10.0.0.1:1338/");
     }
 
     #[test]
@@ -448,8 +396,8 @@ mod tests {
             ]),
         )
         .unwrap();
-        for c in Cloud::ALL {
-            assert_eq!(e.for_cloud(c), &g);
+        for s in e.sites() {
+            assert_eq!(s.base, g);
         }
     }
 
@@ -463,9 +411,27 @@ mod tests {
     }
 
     #[test]
-    fn snippets_are_short_and_single_line() {
-        assert_eq!(body_snippet(b""), "(empty body)");
-        assert_eq!(body_snippet(b"a\nb"), "a b");
-        assert!(body_snippet(&[b'x'; 500]).ends_with('…'));
+    fn auth_spellings_find_their_cloud() {
+        let id = |raw: &str| Cloud::from_auth(raw).map(|c| c.id());
+        assert_eq!(id("aws-instance-identity"), Some("aws"));
+        assert_eq!(id("AWS"), Some("aws"));
+        assert_eq!(id("gcp"), Some("gcp"));
+        assert_eq!(id("google"), Some("gcp"));
+        assert_eq!(id("google-instance-identity"), Some("gcp"));
+        assert_eq!(id("azure"), Some("azure"));
+        assert_eq!(id("azure-instance-identity"), Some("azure"));
+        assert_eq!(id("oracle"), None);
+    }
+
+    #[test]
+    fn every_provider_is_distinct_and_complete() {
+        let mut ids = std::collections::HashSet::new();
+        for c in REGISTRY {
+            assert!(ids.insert(c.id()), "duplicate id {}", c.id());
+            assert!(c.coder_path().starts_with("/api/v2/workspaceagents/"));
+            assert!(c.auth_method().ends_with("-instance-identity"));
+            assert!(!c.dmi_signals().is_empty());
+            assert!(c.probe().path.starts_with('/'));
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Build helpers for coder-agent-auth.
 //!
 //! `cargo run -p xtask -- dist [DIR]` (default `target/dist`) writes, from the clap definitions
-//! in `coder_agent_auth::cli::Cli`:
+//! in `coder_agent_auth::Cli`:
 //!
 //! - `DIR/man/coder-agent-auth.1` and one page per subcommand (`coder-agent-auth-detect.1`, ...)
 //! - `DIR/completions/coder-agent-auth.bash`, `_coder-agent-auth` (zsh), `coder-agent-auth.fish`
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
 
 /// The product's command line, exactly as the binary builds it.
 fn command() -> clap::Command {
-    coder_agent_auth::cli::Cli::command()
+    coder_agent_auth::Cli::command()
 }
 
 /// Writes the man pages and completions; returns the files written.

@@ -1,0 +1,258 @@
+//! How a run ends, and how that is shown.
+//!
+//! Every step (metadata fetch, Coder exchange, token sink) fails with one
+//! type, [`Failure`]; `main` maps it to the exit code in one table, and
+//! [`Finished::render_text`] / [`Finished::render_json`] are the only places
+//! that decide what reaches stdout and stderr.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cloud::Cloud;
+
+/// Everything that ends a run without a token (or without its diagnostic).
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad flags or configuration, found before any network request.
+    Usage(String),
+    /// Coder answered 409: several agents share this instance and no name was given.
+    Ambiguous { names: Vec<String>, message: String },
+    /// Coder refused the identity or the name, or answered something unusable.
+    Rejected(String),
+    /// No cloud identity is available here (no cloud, IMDS refused, AWS disabled).
+    NoIdentity(String),
+    /// One attempt failed in a way a later attempt may not: the retry loop
+    /// retries it, and turns the last one into [`Failure::Timeout`].
+    Transient {
+        message: String,
+        /// The server asked not to be called again before this long.
+        retry_after: Option<Duration>,
+    },
+    /// The deadline ended the retries: why, and the last transient error.
+    Timeout { why: String, last: String },
+    /// The token could not be stored.
+    Store(String),
+    /// A signal ended the run.
+    Interrupted { signal: i32 },
+    /// A bug or an environment problem nobody planned for.
+    Internal(anyhow::Error),
+}
+
+impl Failure {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Failure::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The machine-readable status word of `--json`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Failure::Usage(_) => "usage",
+            Failure::Ambiguous { .. } => "ambiguous",
+            Failure::Rejected(_) => "rejected",
+            Failure::NoIdentity(_) => "no_identity",
+            Failure::Transient { .. } | Failure::Timeout { .. } => "timeout",
+            Failure::Store(_) => "store_failed",
+            Failure::Interrupted { .. } => "interrupted",
+            Failure::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Usage(m) | Failure::Rejected(m) | Failure::NoIdentity(m) | Failure::Store(m) => {
+                f.write_str(m)
+            }
+            Failure::Ambiguous { names, message } => write!(
+                f,
+                "several agents share this instance and no agent name was given ({} candidates: {}).\n\
+                 Coder said: {message}\n\
+                 fix: pass --agent-name NAME or set CODER_AGENT_NAME=NAME to one of the names printed on stdout",
+                names.len(),
+                names.join(", ")
+            ),
+            Failure::Transient { message, .. } => f.write_str(message),
+            Failure::Timeout { why, last } => write!(
+                f,
+                "gave up: {why}.\n\
+                 last error: {last}\n\
+                 fix: check that the Coder URL and the metadata service are reachable from this VM; \
+                 raise --timeout (CODER_AGENT_AUTH_TIMEOUT) if the workspace build is slow to register the instance"
+            ),
+            Failure::Interrupted { signal } => {
+                let name = match *signal {
+                    libc::SIGINT => "SIGINT",
+                    libc::SIGTERM => "SIGTERM",
+                    _ => "a signal",
+                };
+                write!(f, "interrupted by {name}; no token was stored")
+            }
+            Failure::Internal(e) => write!(f, "internal error: {e:#}"),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Internal(e)
+    }
+}
+
+/// How a successful run ended.
+#[derive(Debug)]
+pub enum Done {
+    /// The token file was written.
+    Stored(PathBuf),
+    /// No file: the token went to stdout (`--token-file -`) or only to the exec'd command.
+    HandedOn,
+    /// A diagnostic was produced (detect, identity, dry run); see [`Finished::output`].
+    Printed,
+}
+
+/// A diagnostic for stdout, as JSON and as text for people.
+#[derive(Debug)]
+pub struct Printable {
+    pub json: Value,
+    pub text: String,
+}
+
+/// A finished run: what happened, what it learned, and how to show it.
+#[derive(Debug)]
+pub struct Finished {
+    pub result: Result<Done, Failure>,
+    pub cloud: Option<Cloud>,
+    pub agent_name: Option<String>,
+    /// A diagnostic for stdout, printed even when the run failed (`detect` finding nothing).
+    pub output: Option<Printable>,
+    /// `--json`: exactly one JSON object on stdout.
+    pub json: bool,
+}
+
+/// What to print.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// A run that failed before it started (usage errors).
+    pub fn failed(f: Failure, json: bool) -> Self {
+        Finished {
+            result: Err(f),
+            cloud: None,
+            agent_name: None,
+            output: None,
+            json,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        match &self.result {
+            Err(e) => format!("coder-agent-auth: error: {e}\n"),
+            Ok(_) => String::new(),
+        }
+    }
+
+    /// For people: stdout carries only what a script can use (the token file
+    /// path, the 409 candidate names one per line, or the diagnostic).
+    pub fn render_text(&self) -> Rendered {
+        let stdout = match (&self.output, &self.result) {
+            (Some(out), _) => out.text.clone(),
+            (None, Err(Failure::Ambiguous { names, .. })) => {
+                names.iter().map(|n| format!("{n}\n")).collect()
+            }
+            (None, Ok(Done::Stored(path))) => format!("{}\n", path.display()),
+            (None, _) => String::new(),
+        };
+        Rendered {
+            stdout,
+            stderr: self.stderr(),
+        }
+    }
+
+    /// `--json`: the diagnostic's object, or one object describing the
+    /// outcome (never the token).
+    pub fn render_json(&self, exit_code: i32) -> Rendered {
+        let object = match &self.output {
+            Some(out) => out.json.clone(),
+            None => {
+                let (status, message) = match &self.result {
+                    Ok(_) => ("ok", String::from("the session token was handed on")),
+                    Err(e) => (e.status(), e.to_string()),
+                };
+                let candidates = match &self.result {
+                    Err(Failure::Ambiguous { names, .. }) => json!(names),
+                    _ => Value::Null,
+                };
+                let token_file = match &self.result {
+                    Ok(Done::Stored(p)) => Some(p.display().to_string()),
+                    _ => None,
+                };
+                json!({
+                    "status": status,
+                    "cloud": self.cloud,
+                    "agent_name": self.agent_name,
+                    "token_file": token_file,
+                    "candidates": candidates,
+                    "message": message,
+                    "exit_code": exit_code,
+                })
+            }
+        };
+        Rendered {
+            stdout: format!("{object}\n"),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(result: Result<Done, Failure>) -> Finished {
+        Finished {
+            result,
+            cloud: None,
+            agent_name: Some("main".into()),
+            output: None,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn text_puts_only_usable_things_on_stdout() {
+        let r = finished(Ok(Done::Stored("/run/x/main.token".into()))).render_text();
+        assert_eq!(r.stdout, "/run/x/main.token\n");
+        assert_eq!(r.stderr, "");
+        let r = finished(Err(Failure::Ambiguous {
+            names: vec!["dev".into(), "main".into()],
+            message: "m".into(),
+        }))
+        .render_text();
+        assert_eq!(r.stdout, "dev\nmain\n");
+        assert!(r
+            .stderr
+            .starts_with("coder-agent-auth: error: several agents"));
+        let r = finished(Ok(Done::HandedOn)).render_text();
+        assert_eq!(r, Rendered::default());
+    }
+
+    #[test]
+    fn json_is_one_object_with_the_exit_code() {
+        let r = finished(Err(Failure::Rejected("no".into()))).render_json(4);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(v["status"], "rejected");
+        assert_eq!(v["exit_code"], 4);
+        assert_eq!(v["agent_name"], "main");
+        assert_eq!(r.stdout.lines().count(), 1);
+    }
+}
