@@ -8,17 +8,20 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{Common, Config, Mode, TokenTarget};
 use crate::cloud::{Cloud, Endpoints, Identity, MetadataClient, ProcessEnv};
+use crate::coder::version::{self, Version};
 use crate::coder::CoderClient;
 use crate::detect::{self, Detection, DmiSource};
 use crate::inspect;
 use crate::outcome::{Done, Failure, Finished, Printable};
 use crate::retry::Policy;
 use crate::sink;
+use crate::text::Redactor;
 
 /// What a run learned along the way, kept even when it fails or is interrupted.
 #[derive(Default)]
 struct Learned {
     cloud: Option<Cloud>,
+    coder_version: Option<String>,
     output: Option<Printable>,
 }
 
@@ -42,6 +45,7 @@ pub async fn run(mode: Mode) -> Finished {
         result,
         cloud: learned.cloud,
         agent_name,
+        coder_version: learned.coder_version,
         output: learned.output,
         json,
     }
@@ -189,23 +193,53 @@ async fn exchange(cfg: Config, learned: &mut Learned) -> Result<Done, Failure> {
     let policy = Policy::new(cfg.common.timeout);
     let name = cfg.agent_name.as_deref();
 
-    let cloud = md.cloud(cfg.common.cloud).await?;
-    learned.cloud = Some(cloud);
-    tracing::info!(cloud = cloud.id(), agent = name.unwrap_or("(none)"), url = %cfg.url, "starting the instance-identity exchange");
-    let identity = md.identity(cloud, &policy).await?;
+    // With a name, learn the server's version while the identity is fetched:
+    // a server that ignores names must not be sent one.
+    let identity = async {
+        let cloud = md.cloud(cfg.common.cloud).await?;
+        learned.cloud = Some(cloud);
+        tracing::info!(cloud = cloud.id(), agent = name.unwrap_or("(none)"), url = %cfg.url, "starting the instance-identity exchange");
+        md.identity(cloud, &policy).await
+    };
+    let version = async {
+        match name {
+            Some(_) => {
+                let what = format!(
+                    "GET {}",
+                    cfg.url
+                        .join(crate::coder::client::BUILDINFO_PATH)
+                        .expect("static path")
+                );
+                policy.run(&what, || coder.server_version()).await
+            }
+            None => Ok(None),
+        }
+    };
+    let (identity, version) = tokio::try_join!(identity, version)?;
+    if let Some(v) = &version {
+        learned.coder_version = Some(v.raw.clone());
+        check_version(v, &cfg.url, name)?;
+    }
+    let mut redactor = Redactor::new();
+    for s in identity.secrets() {
+        redactor.add(s.expose());
+    }
+    for v in cfg.headers.fixed_values() {
+        redactor.add(v.to_str().unwrap_or_default());
+    }
     if cfg.dry_run {
-        learned.output = Some(printable(inspect::dry_run(
-            &cfg.url,
-            &identity,
-            name,
-            &cfg.headers,
-        )));
+        let headers = cfg.headers.resolve(&cfg.url).await?;
+        let mut view = inspect::dry_run(&cfg.url, &identity, name, &headers);
+        if let Some(v) = &version {
+            view["coder_version"] = v.raw.clone().into();
+        }
+        learned.output = Some(printable(view));
         return Ok(Done::Printed);
     }
 
     let what = format!("POST {}", crate::coder::endpoint(&cfg.url, &identity));
     let token = policy
-        .run(&what, || coder.exchange(&identity, name))
+        .run(&what, || coder.exchange(&identity, name, &redactor))
         .await?;
     tracing::info!(
         agent = name.unwrap_or("(none)"),
@@ -233,6 +267,28 @@ async fn exchange(cfg: Config, learned: &mut Learned) -> Result<Done, Failure> {
         )));
     }
     Ok(done)
+}
+
+/// A name sent to a server that ignores names would get some other agent's
+/// token, silently: refuse before anything is sent.
+fn check_version(v: &Version, url: &reqwest::Url, name: Option<&str>) -> Result<(), Failure> {
+    if v.release.is_none() {
+        tracing::info!(version = %v, "Coder is a development build; assuming it honours agent names");
+    } else {
+        tracing::info!(version = %v, "Coder version");
+    }
+    if v.honours_agent_name() {
+        return Ok(());
+    }
+    let (a, b, c) = version::AGENT_NAME_SINCE;
+    Err(Failure::Rejected(format!(
+        "Coder at {url} is {v}, which ignores agent names: it would answer with the token of whichever \
+         agent of this instance it finds first, so agent {} could end up with another agent's token. \
+         Nothing was sent.\n\
+         fix: upgrade Coder to v{a}.{b}.{c} or later; or, if this VM runs only one agent, drop \
+         --agent-name / CODER_AGENT_NAME",
+        crate::text::show_name(name.unwrap_or_default())
+    )))
 }
 
 fn warn_if_cleartext(url: &reqwest::Url) {

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 
 use crate::cloud::{self, Cloud, REGISTRY};
+use crate::headers::Headers;
 
 /// Default directory for token files when `--token-file` is not given.
 pub const DEFAULT_TOKEN_DIR: &str = "/run/coder-agent-auth";
@@ -169,10 +169,23 @@ pub struct ExchangeArgs {
     )]
     pub ca_cert: Option<PathBuf>,
 
-    /// Extra header for requests to Coder only ("Name: value"); repeatable. The env var takes a
-    /// comma-separated list, like Coder's own CODER_AGENT_HEADER.
-    #[arg(long = "header", hide_env_values = true, env = "CODER_AGENT_HEADER", value_name = "NAME: VALUE", value_delimiter = ',', action = ArgAction::Append)]
+    /// Extra header for requests to Coder only, in Coder's syntax Name=value (split at the first
+    /// '='); repeatable. Each value, and CODER_AGENT_HEADER [env], is a comma-separated list read
+    /// as CSV ("Name=a,b" in double quotes keeps its comma), exactly as `coder agent` reads it;
+    /// the env var's headers come first and the flags' are added.
+    #[arg(long = "header", value_name = "NAME=VALUE", action = ArgAction::Append)]
     pub headers: Vec<String>,
+
+    /// A command (run with sh -c, CODER_URL in its environment) that prints Name=value header
+    /// lines for requests to Coder, as `coder agent --agent-header-command`; run before each
+    /// request, within 10 s.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_HEADER_COMMAND",
+        value_name = "COMMAND"
+    )]
+    pub header_command: Option<String>,
 
     /// Do everything up to the POST, then print the request that would be sent (secrets shortened).
     #[arg(long)]
@@ -243,7 +256,7 @@ pub struct Config {
     pub agent_name: Option<String>,
     pub token: TokenTarget,
     pub ca_cert: Option<PathBuf>,
-    pub headers: HeaderMap,
+    pub headers: Headers,
     pub command: Vec<OsString>,
     pub dry_run: bool,
     pub json: bool,
@@ -319,7 +332,8 @@ impl ExchangeArgs {
     fn validate(self, common: Common) -> Result<Config, String> {
         let url = parse_coder_url(self.url.as_deref())?;
         let agent_name = normalize_agent_name(self.agent_name.as_deref())?;
-        let headers = parse_headers(&self.headers)?;
+        let env_headers = std::env::var("CODER_AGENT_HEADER").ok();
+        let headers = Headers::parse(env_headers.as_deref(), &self.headers, self.header_command)?;
         let token =
             match self.token_file {
                 Some(p) if p.as_os_str() == "-" => TokenTarget::Stdout,
@@ -396,7 +410,8 @@ fn parse_http_url(raw: &str, what: &str) -> Result<Url, String> {
     }
 }
 
-/// Coder's agent-name rule: `(?i)^[a-z0-9](-?[a-z0-9])*$`.
+/// Coder's agent-name rule for new templates since 2025-02:
+/// `(?i)^[a-z0-9](-?[a-z0-9])*$`.
 pub fn valid_agent_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
@@ -406,20 +421,44 @@ pub fn valid_agent_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
-/// Trim the name; empty means unset; anything else must follow Coder's rule.
+/// The longest agent name Coder can store (its column is varchar(64)).
+pub const AGENT_NAME_MAX: usize = 64;
+
+/// Trim the name as Coder's server does; empty means unset. Names no server
+/// could match are refused; names that only break today's naming rule (an
+/// `_` from before 2025-02, say) are sent as they are, with a warning, since
+/// existing workspaces keep them and the server matches them exactly.
 pub fn normalize_agent_name(raw: Option<&str>) -> Result<Option<String>, String> {
     let Some(name) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    if valid_agent_name(name) {
-        Ok(Some(name.to_string()))
-    } else {
+    let shown = crate::text::show_name(name);
+    let refuse = |why: &str| {
         Err(format!(
-            "invalid agent name {name:?} (from --agent-name / CODER_AGENT_NAME): Coder agent names use \
-             letters, digits and single hyphens between them, e.g. \"main\" or \"dev-1\"; \
-             use the name of the coder_agent resource in the template"
+            "invalid agent name {shown} (from --agent-name / CODER_AGENT_NAME): {why}; \
+             use the name of the coder_agent resource in the template, e.g. \"main\""
         ))
+    };
+    if name.len() > AGENT_NAME_MAX {
+        return refuse(&format!(
+            "it is {} bytes long, and Coder's agent names have at most {AGENT_NAME_MAX}",
+            name.len()
+        ));
     }
+    if name.chars().any(crate::text::is_hidden) {
+        return refuse("it contains a control or invisible character");
+    }
+    if name.chars().any(char::is_whitespace) {
+        return refuse("it contains whitespace, which no agent name can");
+    }
+    if !valid_agent_name(name) {
+        tracing::warn!(
+            "agent name {shown} does not follow Coder's current rule (letters, digits and single \
+             hyphens between them); templates made since 2025-02 cannot create it, but workspaces \
+             built before keep such names, and Coder matches them exactly, so it is sent as is"
+        );
+    }
+    Ok(Some(name.to_string()))
 }
 
 /// Every cloud's method with its short spellings, e.g. `aws-instance-identity (aws)`.
@@ -497,29 +536,6 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// `Name: value` pairs for Coder requests. Invalid names or values are usage errors.
-pub fn parse_headers(raw: &[String]) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::new();
-    for h in raw.iter().filter(|h| !h.trim().is_empty()) {
-        let (name, value) = h.split_once(':').ok_or_else(|| {
-            format!("invalid --header / CODER_AGENT_HEADER {h:?}: expected \"Name: value\"")
-        })?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-            format!(
-                "invalid --header name {:?}: header names are letters, digits and - only",
-                name.trim()
-            )
-        })?;
-        let mut value = HeaderValue::from_str(value.trim()).map_err(|_| {
-            format!("invalid --header value for {name}: it contains a control character or a line break")
-        })?;
-        // Values may be credentials (cookies, gateway tokens): keep them out of Debug output.
-        value.set_sensitive(true);
-        map.append(name, value);
-    }
-    Ok(map)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,7 +560,24 @@ mod tests {
         );
         assert_eq!(normalize_agent_name(Some("   ")).unwrap(), None);
         assert_eq!(normalize_agent_name(None).unwrap(), None);
-        assert!(normalize_agent_name(Some("bad name")).is_err());
+    }
+
+    #[test]
+    fn only_names_no_server_could_match_are_refused() {
+        for ok in ["legacy_agent", "Main", "a--b", "dev.1", "-dash", "naïve"] {
+            assert_eq!(normalize_agent_name(Some(ok)).unwrap().as_deref(), Some(ok));
+        }
+        for bad in [
+            "bad name",
+            "a\tb",
+            "a\u{1b}[31m",
+            "a\u{200b}b",
+            &"x".repeat(65),
+        ] {
+            assert!(normalize_agent_name(Some(bad)).is_err(), "{bad:?}");
+        }
+        let e = normalize_agent_name(Some("a\nb")).unwrap_err();
+        assert!(e.contains("a\\nb"), "escaped in the message: {e}");
     }
 
     #[test]
@@ -581,20 +614,6 @@ mod tests {
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1m30").is_err());
-    }
-
-    #[test]
-    fn headers_parse_and_reject_garbage() {
-        let h = parse_headers(&["X-Test: a b".into(), "Cookie:x=1".into()]).unwrap();
-        assert_eq!(h["x-test"], "a b");
-        assert_eq!(h["cookie"], "x=1");
-        assert!(
-            !format!("{h:?}").contains("x=1"),
-            "values are redacted in Debug"
-        );
-        assert!(parse_headers(&["no colon".into()]).is_err());
-        assert!(parse_headers(&["bad name: v".into()]).is_err());
-        assert!(parse_headers(&["X-Ok: a\nb".into()]).is_err());
     }
 
     #[test]

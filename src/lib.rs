@@ -14,12 +14,14 @@ mod cli;
 mod cloud;
 mod coder;
 mod detect;
+mod headers;
 mod inspect;
 mod logging;
 mod outcome;
 mod retry;
 mod secret;
 mod sink;
+mod text;
 mod tls;
 
 /// The User-Agent of every request the tool makes.
@@ -56,8 +58,12 @@ pub mod parsers {
     pub use crate::cloud::aws::{parse_document, DocumentSummary};
     pub use crate::cloud::azure::{extract_content, pkcs7_content};
     pub use crate::cloud::gcp::decode_claims;
-    pub use crate::coder::{classify, parse_candidates, parse_names_from_message, ServerError};
+    pub use crate::coder::{
+        classify, parse_candidates, parse_names_from_message, Answer, ServerError,
+    };
+    pub use crate::outcome::Ambiguity;
     pub use crate::secret::Secret;
+    pub use crate::text::Redactor;
 
     /// The `identity` command's summary (JSON, and its text rendering) of an
     /// identity given as `(cloud id, [(field, value)])`; `None` for an unknown cloud.

@@ -10,7 +10,7 @@ fn exit_code(result: &Result<Done, Failure>) -> i32 {
         Ok(_) => 0,
         Err(Failure::Internal(_)) => 1,
         Err(Failure::Usage(_)) => 2,
-        Err(Failure::Ambiguous { .. }) => 3,
+        Err(Failure::Ambiguous(_)) => 3,
         Err(Failure::Rejected(_)) => 4,
         Err(Failure::NoIdentity(_)) => 5,
         Err(Failure::Timeout { .. } | Failure::Transient { .. }) => 6,
@@ -42,9 +42,7 @@ mod tests {
         assert_eq!(exit_code(&Ok(Done::HandedOn)), 0);
         assert_eq!(code(Failure::Internal(anyhow::anyhow!("x"))), 1);
         assert_eq!(code(Failure::Usage(String::new())), 2);
-        let names = vec![];
-        let message = String::new();
-        assert_eq!(code(Failure::Ambiguous { names, message }), 3);
+        assert_eq!(code(Failure::Ambiguous(Default::default())), 3);
         assert_eq!(code(Failure::Rejected(String::new())), 4);
         assert_eq!(code(Failure::NoIdentity(String::new())), 5);
         let (why, last) = (String::new(), String::new());

@@ -13,13 +13,22 @@ use serde_json::{json, Value};
 
 use crate::cloud::Cloud;
 
+/// A 409: the candidate names (unique, byte-sorted, capped), Coder's message
+/// (redacted, escaped, capped) and notes about what was left out or repeated.
+#[derive(Debug, Clone, Default)]
+pub struct Ambiguity {
+    pub names: Vec<String>,
+    pub message: String,
+    pub notes: Vec<String>,
+}
+
 /// Everything that ends a run without a token (or without its diagnostic).
 #[derive(Debug)]
 pub enum Failure {
     /// Bad flags or configuration, found before any network request.
     Usage(String),
     /// Coder answered 409: several agents share this instance and no name was given.
-    Ambiguous { names: Vec<String>, message: String },
+    Ambiguous(Ambiguity),
     /// Coder refused the identity or the name, or answered something unusable.
     Rejected(String),
     /// No cloud identity is available here (no cloud, IMDS refused, AWS disabled).
@@ -53,7 +62,7 @@ impl Failure {
     pub fn status(&self) -> &'static str {
         match self {
             Failure::Usage(_) => "usage",
-            Failure::Ambiguous { .. } => "ambiguous",
+            Failure::Ambiguous(_) => "ambiguous",
             Failure::Rejected(_) => "rejected",
             Failure::NoIdentity(_) => "no_identity",
             Failure::Transient { .. } | Failure::Timeout { .. } => "timeout",
@@ -70,14 +79,28 @@ impl fmt::Display for Failure {
             Failure::Usage(m) | Failure::Rejected(m) | Failure::NoIdentity(m) | Failure::Store(m) => {
                 f.write_str(m)
             }
-            Failure::Ambiguous { names, message } => write!(
-                f,
-                "several agents share this instance and no agent name was given ({} candidates: {}).\n\
-                 Coder said: {message}\n\
-                 fix: pass --agent-name NAME or set CODER_AGENT_NAME=NAME to one of the names printed on stdout",
-                names.len(),
-                names.join(", ")
-            ),
+            Failure::Ambiguous(a) => {
+                let names = a
+                    .names
+                    .iter()
+                    .map(|n| crate::text::show_name(n))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                write!(
+                    f,
+                    "several agents share this instance and no agent name was given ({} candidates: {names}).\n\
+                     Coder said: {}\n",
+                    a.names.len(),
+                    a.message
+                )?;
+                for n in &a.notes {
+                    writeln!(f, "note: {n}")?;
+                }
+                write!(
+                    f,
+                    "fix: pass --agent-name NAME (or set CODER_AGENT_NAME=NAME) with one of the candidates"
+                )
+            }
             Failure::Transient { message, .. } => f.write_str(message),
             Failure::Timeout { why, last } => write!(
                 f,
@@ -129,6 +152,8 @@ pub struct Finished {
     pub result: Result<Done, Failure>,
     pub cloud: Option<Cloud>,
     pub agent_name: Option<String>,
+    /// The Coder server's version, when it was read.
+    pub coder_version: Option<String>,
     /// A diagnostic for stdout, printed even when the run failed (`detect` finding nothing).
     pub output: Option<Printable>,
     /// `--json`: exactly one JSON object on stdout.
@@ -149,6 +174,7 @@ impl Finished {
             result: Err(f),
             cloud: None,
             agent_name: None,
+            coder_version: None,
             output: None,
             json,
         }
@@ -166,9 +192,17 @@ impl Finished {
     pub fn render_text(&self) -> Rendered {
         let stdout = match (&self.output, &self.result) {
             (Some(out), _) => out.text.clone(),
-            (None, Err(Failure::Ambiguous { names, .. })) => {
-                names.iter().map(|n| format!("{n}\n")).collect()
-            }
+            (None, Err(Failure::Ambiguous(a))) => a
+                .names
+                .iter()
+                .map(|n| {
+                    if crate::text::is_printable_line(n) {
+                        format!("{n}\n")
+                    } else {
+                        format!("{}\n", crate::text::escape(n))
+                    }
+                })
+                .collect(),
             (None, Ok(Done::Stored(path))) => format!("{}\n", path.display()),
             (None, _) => String::new(),
         };
@@ -189,7 +223,7 @@ impl Finished {
                     Err(e) => (e.status(), e.to_string()),
                 };
                 let candidates = match &self.result {
-                    Err(Failure::Ambiguous { names, .. }) => json!(names),
+                    Err(Failure::Ambiguous(a)) => json!(a.names),
                     _ => Value::Null,
                 };
                 let token_file = match &self.result {
@@ -200,6 +234,7 @@ impl Finished {
                     "status": status,
                     "cloud": self.cloud,
                     "agent_name": self.agent_name,
+                    "coder_version": self.coder_version,
                     "token_file": token_file,
                     "candidates": candidates,
                     "message": message,
@@ -223,6 +258,7 @@ mod tests {
             result,
             cloud: None,
             agent_name: Some("main".into()),
+            coder_version: None,
             output: None,
             json: false,
         }
@@ -233,12 +269,13 @@ mod tests {
         let r = finished(Ok(Done::Stored("/run/x/main.token".into()))).render_text();
         assert_eq!(r.stdout, "/run/x/main.token\n");
         assert_eq!(r.stderr, "");
-        let r = finished(Err(Failure::Ambiguous {
-            names: vec!["dev".into(), "main".into()],
+        let r = finished(Err(Failure::Ambiguous(Ambiguity {
+            names: vec!["dev".into(), "main".into(), "a\nb".into()],
             message: "m".into(),
-        }))
+            notes: vec![],
+        })))
         .render_text();
-        assert_eq!(r.stdout, "dev\nmain\n");
+        assert_eq!(r.stdout, "dev\nmain\na\\nb\n", "one line per name, escaped");
         assert!(r
             .stderr
             .starts_with("coder-agent-auth: error: several agents"));

@@ -86,7 +86,16 @@ fn dmi_decides_without_any_probe_on_each_cloud() {
             probes.is_empty(),
             "{cloud:?}: DMI was decisive, yet probes were sent: {probes:?}"
         );
-        assert_eq!(coder_requests(&sim)[0].path, cloud.coder_path());
+        // With a name, the server's version is read first, then the exchange.
+        let paths: Vec<_> = all_coder_requests(&sim)
+            .into_iter()
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(
+            paths,
+            ["/api/v2/buildinfo", cloud.coder_path()],
+            "{cloud:?}"
+        );
     }
 }
 
@@ -319,9 +328,9 @@ fn dry_run_shows_the_request_without_sending_it() {
         "--agent-name",
         "main",
         "--header",
-        "Cookie: s=supersecret",
+        "Cookie=s=supersecret",
         "--header",
-        "X-Team: infra",
+        "X-Team=infra",
     ]);
     let r = run(c);
     assert_eq!(r.code, 0, "{r:?}");
@@ -334,11 +343,19 @@ fn dry_run_shows_the_request_without_sending_it() {
             sim.coder_url()
         )
     );
-    assert_eq!(v["headers"]["x-team"], "infra");
-    assert!(v["headers"]["cookie"]
-        .as_str()
-        .unwrap()
-        .starts_with("[redacted"));
+    // Every header value may be a credential: none is shown.
+    for h in ["x-team", "cookie"] {
+        assert!(
+            v["headers"][h].as_str().unwrap().starts_with("[redacted"),
+            "{h}: {v}"
+        );
+    }
+    assert!(!r.stdout.contains("infra"));
+    assert_eq!(
+        v["coder_version"],
+        sim.config().coder_version,
+        "read with a name"
+    );
     assert_eq!(v["body"]["agent_name"], "main");
     assert!(v["body"]["json_web_token"]
         .as_str()

@@ -205,8 +205,14 @@ fn e2e(cloud: Cloud, name: &str) {
     assert_eq!(sim.tokens().len(), 2);
 
     // What went over the wire: the real addresses, paths and headers.
-    let posts = coder_requests(&sim);
+    let (posts, reads): (Vec<_>, Vec<_>) = all_coder_requests(&sim)
+        .into_iter()
+        .partition(|r| r.method == "POST");
     assert_eq!(posts.len(), 2);
+    assert!(
+        reads.iter().all(|r| r.path == "/api/v2/buildinfo"),
+        "with a name, only the version is read besides the exchange: {reads:?}"
+    );
     assert!(posts.iter().all(|p| p.path == cloud.coder_path()));
     let names: Vec<_> = posts
         .iter()

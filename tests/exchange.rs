@@ -142,7 +142,14 @@ fn a_whitespace_only_name_counts_as_no_name() {
 #[test]
 fn an_invalid_name_is_a_usage_error_before_any_request() {
     let sim = start(Cloud::Aws, &["main"]);
-    for bad in ["bad name", "-x", "a--b", "dev_1"] {
+    let long = "x".repeat(65);
+    for bad in [
+        "bad name",
+        "a\tb",
+        "a\u{1b}[2Jb",
+        "a\u{200b}b",
+        long.as_str(),
+    ] {
         let mut c = command(&sim, &Cloud::Aws);
         c.arg(format!("--agent-name={bad}"));
         let r = run(c);
@@ -338,7 +345,9 @@ fn transient_faults_are_retried_then_succeed() {
         Fault::coder_not_registered(2),
         Fault::coder_not_latest_build(1),
         Fault::coder_500(1),
-        Fault::coder_html(502, 1),
+        Fault::coder_html(502, 1).on_path("-instance-identity"),
+        // The version read is retried too.
+        Fault::coder_html(503, 1).on_path("buildinfo"),
     ];
     let sim = Sim::start(cfg);
     let dir = tempfile::tempdir().unwrap();
@@ -452,7 +461,7 @@ fn unusable_answers_exit_4_and_store_nothing() {
             200,
             "application/json",
             r#"{"session_token":""}"#,
-            "without a session_token",
+            "an empty session_token",
         ),
         (418, "text/plain", "teapot", "unexpected 418"),
     ];
@@ -642,8 +651,8 @@ fn headers_reach_coder_only() {
     let sim = start(Cloud::Azure, &["main"]);
     let dir = tempfile::tempdir().unwrap();
     let mut c = command(&sim, &Cloud::Azure);
-    c.args(["--header", "X-Flag: one", "--header", "X-Other:two"])
-        .env("CODER_AGENT_HEADER", "X-Env: three")
+    c.args(["--header", "X-Flag=one", "--header", "X-Other=two"])
+        .env("CODER_AGENT_HEADER", "X-Env=three")
         .arg("--token-file")
         .arg(token_path(&dir, "t"));
     let r = run(c);
@@ -651,12 +660,14 @@ fn headers_reach_coder_only() {
     let post = &coder_requests(&sim)[0];
     assert_eq!(post.header("x-flag"), Some("one"));
     assert_eq!(post.header("x-other"), Some("two"));
+    // As Coder does, the environment's headers come first and the flags' are added.
+    assert_eq!(post.header("x-env"), Some("three"));
     for m in metadata_requests(&sim) {
         assert!(m.header("x-flag").is_none() && m.header("x-other").is_none());
     }
     // With env only.
     let mut c = command(&sim, &Cloud::Azure);
-    c.env("CODER_AGENT_HEADER", "X-Env: three,X-Env2: four")
+    c.env("CODER_AGENT_HEADER", "X-Env=three,X-Env2=four")
         .arg("--token-file")
         .arg(token_path(&dir, "u"));
     assert_eq!(run(c).code, 0);

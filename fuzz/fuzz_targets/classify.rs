@@ -1,13 +1,15 @@
-//! `coder::classify`: first 2 bytes = HTTP status (big-endian), next byte picks
-//! a Content-Type, the rest is the body. Checks the response table and that an
-//! answer that carries a token never has it echoed in an error message.
+//! `coder::classify`: first 2 bytes = HTTP status (big-endian), the next picks
+//! a Content-Type, the next a Retry-After; the rest is the body, where each
+//! 0xFF byte is replaced by a secret this run holds (the AWS signature, raw or
+//! JSON-escaped). Checks the response table, that no held secret and no
+//! token from the body is echoed, and that messages are bounded, one line per
+//! line of ours, and free of raw control characters.
 #![no_main]
 
-use coder_agent_auth::parsers::{classify, parse_candidates, ServerError};
+use coder_agent_auth::parsers::{classify, parse_candidates, Answer, Redactor, ServerError};
 use coder_agent_auth::Failure;
+use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
-use regex::Regex;
-use std::sync::LazyLock;
 
 const CONTENT_TYPES: &[Option<&str>] = &[
     None,
@@ -20,10 +22,6 @@ const CONTENT_TYPES: &[Option<&str>] = &[
     Some("text/html\u{1b}[31m\r\n"),
 ];
 
-/// Coder's agent-name rule, ASCII only (`(?i)^[a-z0-9](-?[a-z0-9])*$`).
-static NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(?i-u)[a-z0-9](-?[a-z0-9])*$").unwrap());
-
 /// A value that looks like a real session token (Coder's are `id-secret`
 /// alphanumerics): long and distinctive enough that finding it in a message
 /// can only mean it was copied from the body.
@@ -33,15 +31,35 @@ fn token_like(t: &str) -> bool {
         && t.bytes().any(|b| b.is_ascii_digit())
 }
 
+/// A signature as IMDS returns it: base64 in 64-column lines.
+const SIGNATURE: &str = "kUYOJJ06+WyfH2m0Vn4uNIAkeBkXBD3tYBPkbhDvFjMd2mEcyQQpKEQvUEPmXUo8gD0zQ0n\nU4bTpdHv4ZWeM5kBzXnHDHtvGMW1zjAanAfsEtZVXSOy/aM3K8yVmz2a11hxbmCJ1q\nPg4bjjYpBdFDbH0NCSd3ZmRaq0VVfQJXR8NqqDQ4r0=";
+
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 3 {
+    if data.len() < 4 {
         return;
     }
     let status = u16::from_be_bytes([data[0], data[1]]);
     let content_type = CONTENT_TYPES[data[2] as usize % CONTENT_TYPES.len()];
-    let body = &data[3..];
-
-    let out = classify(status, content_type, body);
+    let retry_after = (data[3] & 1 == 1).then(|| Duration::from_secs(u64::from(data[3])));
+    let escaped = serde_json::to_string(SIGNATURE).unwrap();
+    let mut body = Vec::new();
+    for (i, &b) in data[4..].iter().enumerate() {
+        if b == 0xff {
+            body.extend_from_slice(if i % 2 == 0 { SIGNATURE.as_bytes() } else { escaped.as_bytes() });
+        } else {
+            body.push(b);
+        }
+    }
+    let body = body.as_slice();
+    let mut redactor = Redactor::new();
+    redactor.add(SIGNATURE);
+    let answer = Answer {
+        status,
+        content_type,
+        retry_after,
+        body,
+    };
+    let out = classify(&answer, &redactor);
     // Coder's error bodies are JSON objects; other JSON shapes (arrays, which
     // serde's derive would also accept) are not a server error.
     let server: Option<ServerError> = match serde_json::from_slice(body) {
@@ -53,17 +71,19 @@ fuzz_target!(|data: &[u8]| {
     match (&out, status) {
         (Ok(_), 200) => {}
         (Ok(_), _) => panic!("token from status {status}"),
-        (Err(Failure::Ambiguous { .. }), 409) => {}
+        (Err(Failure::Ambiguous(_)), 409) => {}
         (_, 409) => panic!("409 not classified as Ambiguous: {out:?}"),
-        (Err(Failure::Ambiguous { .. }), _) => panic!("Ambiguous from status {status}"),
+        (Err(Failure::Ambiguous(_)), _) => panic!("Ambiguous from status {status}"),
         (Err(Failure::Rejected(_)), 200) => {}
         (_, 200) => panic!("200 is a token or Rejected, got {out:?}"),
-        (Err(Failure::Transient { .. }), 408 | 425 | 429 | 500..=599) => {}
+        (Err(Failure::Transient { retry_after: r, .. }), 408 | 425 | 429 | 500..=599) => {
+            assert_eq!(*r, retry_after, "Retry-After travels with the answer")
+        }
         (_, 408 | 425 | 429 | 500..=599) => panic!("{status} must be Transient: {out:?}"),
-        (Err(Failure::Rejected(_)), 401 | 403 | 300..=399) => {}
-        (_, 401 | 403 | 300..=399) => panic!("{status} must be Rejected: {out:?}"),
-        // 400 and 404 are retried only on Coder's own JSON messages.
-        (Err(Failure::Transient { .. }), 400 | 404) => {
+        (Err(Failure::Rejected(_)), 403 | 300..=399) => {}
+        (_, 403 | 300..=399) => panic!("{status} must be Rejected: {out:?}"),
+        // 400, 401 and 404 are retried only on Coder's own JSON messages.
+        (Err(Failure::Transient { .. }), 400 | 401 | 404) => {
             assert!(
                 server.is_some(),
                 "{status} judged transient without a JSON body: {out:?}"
@@ -76,8 +96,8 @@ fuzz_target!(|data: &[u8]| {
     match &out {
         Ok(t) => {
             let t = t.expose();
-            assert!(!t.is_empty(), "empty token");
-            assert_eq!(t, t.trim(), "token not trimmed");
+            assert!(!t.is_empty() && t.len() <= 1024, "token of {} bytes", t.len());
+            assert!(t.bytes().all(|b| b.is_ascii_graphic()), "token is printable ASCII");
             // It comes from a JSON object (`{"session_token": ...}`), not some
             // other JSON shape.
             assert!(
@@ -88,47 +108,48 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(v["session_token"].as_str().map(str::trim), Some(t));
             }
         }
-        Err(Failure::Ambiguous { names, message }) => {
-            assert!(!message.is_empty(), "409 with an empty message");
+        Err(Failure::Ambiguous(a)) => {
+            assert!(!a.message.is_empty(), "409 with an empty message");
             assert!(
-                names.windows(2).all(|w| w[0] < w[1]),
-                "names not sorted/deduped: {names:?}"
+                a.names.windows(2).all(|w| w[0] < w[1]),
+                "names not sorted/deduped: {:?}",
+                a.names
             );
-            for n in names {
-                assert!(NAME.is_match(n), "invalid agent name {n:?} in {names:?}");
+            assert!(a.names.len() <= 100, "{} names", a.names.len());
+            let all = server.as_ref().map(parse_candidates).unwrap_or_default();
+            for n in &a.names {
+                assert!(!n.is_empty() && n.len() <= 64 && n.trim() == n, "name {n:?}");
+                assert!(all.contains(n), "{n:?} is not one of the server's names");
             }
-            let expected = server.as_ref().map(parse_candidates).unwrap_or_default();
-            assert_eq!(names, &expected);
+            // Names are never dropped for their spelling: every short one is kept.
+            let short = all.iter().filter(|n| n.len() <= 64).count();
+            assert_eq!(a.names.len(), short.min(100));
         }
         Err(e) => assert!(!e.to_string().is_empty(), "empty message"),
     }
 
-    // Messages describe a non-JSON (or message-less) body by a bounded snippet,
-    // never by echoing the whole body.
     let message = match &out {
         Ok(_) => None,
-        Err(Failure::Ambiguous { message, .. }) => Some(message.clone()),
         Err(e) => Some(e.to_string()),
     };
     if let Some(m) = message {
-        let echoes_server = server.as_ref().is_some_and(|s| !s.message.is_empty()) && status != 200;
-        if !echoes_server {
-            assert!(m.len() <= 1200, "unbounded message ({} bytes)", m.len());
+        assert!(m.len() <= 6000, "unbounded message ({} bytes)", m.len());
+        assert!(
+            !m.chars().any(|c| c.is_control() && c != '\n'),
+            "a raw control character reached the message: {m:?}"
+        );
+        assert!(m.lines().count() <= 8, "forged lines? {m}");
+        for line in SIGNATURE.lines() {
+            assert!(!m.contains(line), "the held signature leaked: {m}");
         }
-        // A session_token in the body is never copied into a message (unless the
-        // server itself repeated it in the fields that are meant to be shown).
+        // A session_token in the body is never copied into a message.
         if let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice(body) {
-            if let Some(serde_json::Value::String(t)) = obj.get("session_token") {
-                let t = t.trim();
-                let shown_by_server = server.as_ref().is_some_and(|s| {
-                    s.message.contains(t)
-                        || s.detail.contains(t)
-                        || s.validations
-                            .iter()
-                            .any(|v| v.field.contains(t) || v.detail.contains(t))
-                });
-                if token_like(t) && !shown_by_server {
-                    assert!(!m.contains(t), "session_token {t:?} leaked into: {m}");
+            for (k, v) in &obj {
+                if let (true, serde_json::Value::String(t)) = (k.eq_ignore_ascii_case("session_token"), v) {
+                    let t = t.trim();
+                    if token_like(t) {
+                        assert!(!m.contains(t), "session_token {t:?} leaked into: {m}");
+                    }
                 }
             }
         }

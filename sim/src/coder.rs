@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::crypto;
 use crate::http::{Outcome, Request, Response};
 use crate::metadata::unix_now;
-use crate::{Cloud, Shared};
+use crate::{Cloud, CoderBehaviour, Shared};
 
 /// What `httpapi.Write` sends.
 pub(crate) const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
@@ -108,7 +108,34 @@ fn cloud_of_path(path: &str) -> Option<Cloud> {
         .find(|c| c.coder_path() == path)
 }
 
+/// `GET /api/v2/buildinfo` (codersdk.BuildInfoResponse, coderd/coderd.go): no authentication.
+fn buildinfo(shared: &Shared) -> Outcome {
+    let v = &shared.cfg.coder_version;
+    write(
+        200,
+        &serde_json::json!({
+            "external_url": "https://github.com/coder/coder",
+            "version": v,
+            "dashboard_url": "http://coder.sim",
+            "workspace_proxy": false,
+            "agent_api_version": "1.0",
+            "provisioner_api_version": "1.4",
+            "upgrade_message": "",
+            "deployment_id": "00000000-0000-4000-8000-000000000000",
+            "telemetry": false,
+            "webpush_public_key": "",
+        }),
+    )
+}
+
 pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
+    if req.path == "/api/v2/buildinfo" {
+        return if req.method == "GET" {
+            buildinfo(shared)
+        } else {
+            message(405, "Method not allowed.")
+        };
+    }
     let Some(cloud) = cloud_of_path(&req.path) else {
         return message(404, "Route not found.");
     };
@@ -195,7 +222,13 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
 /// `handleAuthInstanceID`.
 fn auth_instance_id(shared: &Shared, instance_id: &str, agent_name: &str) -> Outcome {
     let cfg = &shared.cfg;
-    let agent_name = agent_name.trim();
+    let behaviour = cfg.coder_behaviour();
+    // Before v2.33.0 the body has no agent_name field: whatever was sent is ignored.
+    let agent_name = if behaviour == CoderBehaviour::IgnoresNames {
+        ""
+    } else {
+        agent_name.trim()
+    };
     // The agents of the latest build that carry this instance id. With the v2.33.0–2.33.3 bug,
     // the stale agents of an earlier build are candidates too.
     let mut candidates: Vec<&str> = if instance_id == cfg.instance_id {
@@ -203,7 +236,13 @@ fn auth_instance_id(shared: &Shared, instance_id: &str, agent_name: &str) -> Out
     } else {
         Vec::new()
     };
-    if cfg.legacy_duplicate_names {
+    if behaviour == CoderBehaviour::IgnoresNames {
+        // GetWorkspaceAgentByInstanceID: ORDER BY created_at DESC, the first row.
+        if let Some(newest) = candidates.last().copied() {
+            candidates = vec![newest];
+        }
+    }
+    if cfg.legacy_duplicate_names || behaviour == CoderBehaviour::RepeatsNames {
         candidates = candidates.iter().flat_map(|a| [*a, *a]).collect();
     }
     if candidates.is_empty() {

@@ -396,7 +396,13 @@ pub(crate) async fn accept_loop(
 fn handle(shared: &Shared, target: Target, req: &Request) -> Outcome {
     match target {
         Target::Metadata => metadata::handle(shared, req),
-        Target::Coder => coder::handle(shared, req),
+        // coderd's root middleware puts its version on every answer.
+        Target::Coder => match coder::handle(shared, req) {
+            Outcome::Respond(r) => r
+                .with_header("X-Coder-Build-Version", shared.cfg.coder_version.clone())
+                .into(),
+            other => other,
+        },
     }
 }
 
@@ -460,6 +466,44 @@ async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared:
             let id = &quoted[1..quoted.len() - 1];
             let body = body.replace(INSTANCE_ID_PLACEHOLDER, id);
             send(&mut s, &Response::new(status, &content_type, body)).await;
+        }
+        Some(FaultKind::Canned {
+            status,
+            headers,
+            content_type,
+            body,
+        }) => {
+            let quoted = serde_json::Value::from(shared.cfg.instance_id.as_str()).to_string();
+            let body = body.replace(INSTANCE_ID_PLACEHOLDER, &quoted[1..quoted.len() - 1]);
+            let mut resp = Response::new(status, &content_type, body);
+            for (k, v) in headers {
+                resp = resp.with_header(&k, v);
+            }
+            send(&mut s, &resp).await;
+        }
+        Some(FaultKind::Echo { status, html }) => {
+            let echoed = String::from_utf8_lossy(&req.body).into_owned();
+            let resp = if html {
+                Response::new(
+                    status,
+                    "text/html",
+                    format!(
+                        "<html><body><h1>{status} {}</h1><pre>{echoed}</pre></body></html>",
+                        reason(status)
+                    ),
+                )
+            } else {
+                let msg = format!(
+                    "cannot process request {} {}: {echoed}",
+                    req.method, req.path
+                );
+                Response::new(
+                    status,
+                    coder::JSON_CONTENT_TYPE,
+                    serde_json::json!({ "message": msg, "detail": echoed }).to_string(),
+                )
+            };
+            send(&mut s, &resp).await;
         }
         Some(FaultKind::Delay(d)) => {
             tokio::time::sleep(d).await;

@@ -65,6 +65,11 @@ struct ServeArgs {
     /// List every agent twice in the 409, as Coder v2.33.0 to v2.33.3 can.
     #[arg(long)]
     legacy_duplicate_names: bool,
+    /// The coderd version to play (buildinfo, X-Coder-Build-Version): before v2.33.0 agent_name
+    /// is ignored and the newest agent (the last of --agents) answers; v2.33.0 to v2.33.3 repeat
+    /// names in the 409.
+    #[arg(long, default_value = coder_agent_auth_sim::CURRENT_CODER_VERSION)]
+    coder_version: String,
     /// Add "agent_names" to the 409 body.
     #[arg(long)]
     structured_409: bool,
@@ -107,6 +112,7 @@ fn serve(a: ServeArgs) -> ExitCode {
     cfg.imds_v1_only = a.imds_v1_only;
     cfg.imds_put_hangs = a.imds_put_hangs;
     cfg.legacy_duplicate_names = a.legacy_duplicate_names;
+    cfg.coder_version = a.coder_version;
     cfg.structured_409 = a.structured_409;
     cfg.azure_throttle = !a.no_azure_throttle;
     let ready_file = a.ready_file;
@@ -119,6 +125,7 @@ fn serve(a: ServeArgs) -> ExitCode {
             "cloud": sim.config().cloud.name(),
             "instance_id": sim.instance_id(),
             "agents": sim.config().agents,
+            "coder_version": sim.config().coder_version,
         })
         .to_string();
         if let Some(p) = &ready_file {

@@ -198,13 +198,17 @@ impl AwsFetcher {
                 ),
             ));
         }
-        Ok(Identity::new(
+        let identity = Identity::new(
             super::Cloud(&Aws),
             vec![
                 Field::secret(SIGNATURE, signature),
                 Field::secret(DOCUMENT, document),
             ],
-        ))
+        );
+        Ok(match token {
+            Some(t) => identity.with_hidden(t),
+            None => identity,
+        })
     }
 
     async fn put_token(&self) -> Result<TokenAnswer, MetadataError> {

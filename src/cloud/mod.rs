@@ -194,11 +194,24 @@ impl Field {
 pub struct Identity {
     cloud: Cloud,
     fields: Vec<Field>,
+    /// Secrets used to obtain the identity but not posted (the IMDSv2 token):
+    /// never shown either.
+    hidden: Vec<Secret>,
 }
 
 impl Identity {
     pub fn new(cloud: Cloud, fields: Vec<Field>) -> Self {
-        Identity { cloud, fields }
+        Identity {
+            cloud,
+            fields,
+            hidden: Vec::new(),
+        }
+    }
+
+    /// Also hold `secret`, which was used to obtain this identity.
+    pub fn with_hidden(mut self, secret: Secret) -> Self {
+        self.hidden.push(secret);
+        self
     }
 
     pub fn cloud(&self) -> Cloud {
@@ -217,9 +230,13 @@ impl Identity {
             .map(|f| &f.value)
     }
 
-    /// The secret values (for redaction).
+    /// Every secret value, posted or not (for redaction).
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        self.fields.iter().filter(|f| f.secret).map(|f| &f.value)
+        self.fields
+            .iter()
+            .filter(|f| f.secret)
+            .map(|f| &f.value)
+            .chain(&self.hidden)
     }
 }
 

@@ -66,7 +66,16 @@ pub fn start(cloud: Cloud, agents: &[&str]) -> Sim {
     Sim::start(SimConfig::new(cloud, agents))
 }
 
+/// The exchange POSTs Coder received (not the version reads).
 pub fn coder_requests(sim: &Sim) -> Vec<Recorded> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| matches!(r.target, Target::Coder) && r.method == "POST")
+        .collect()
+}
+
+/// Every request Coder received, version reads included.
+pub fn all_coder_requests(sim: &Sim) -> Vec<Recorded> {
     sim.requests()
         .into_iter()
         .filter(|r| matches!(r.target, Target::Coder))

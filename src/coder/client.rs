@@ -1,0 +1,329 @@
+//! The HTTP client for Coder: honours HTTP(S)_PROXY/NO_PROXY, verifies TLS
+//! against the OS trust store plus `--ca-cert`, sends the extra headers,
+//! follows redirects only within the same origin (and never in a loop), and
+//! reads at most [`ANSWER_CAP`] of any answer.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::{Method, Url};
+
+use super::answer::{classify, parse_retry_after, Answer};
+use super::version::{self, Version};
+use super::{endpoint, request_body};
+use crate::cloud::http::{error_chain, Cause};
+use crate::cloud::Identity;
+use crate::headers::Headers;
+use crate::outcome::Failure;
+use crate::secret::Secret;
+use crate::text::Redactor;
+
+/// Coder's own agent gives each request 30 s; a busy server may take seconds.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Real answers are under 1 KiB; anything past this is not Coder's.
+pub const ANSWER_CAP: usize = 1024 * 1024;
+/// Same-origin redirects followed before giving up.
+pub const MAX_REDIRECTS: usize = 5;
+/// `GET /api/v2/buildinfo` needs no authentication and is small.
+pub const BUILDINFO_PATH: &str = "/api/v2/buildinfo";
+const BUILDINFO_CAP: usize = 64 * 1024;
+
+pub struct CoderClient {
+    http: reqwest::Client,
+    base: Url,
+    headers: Headers,
+    /// Which proxy settings apply, added to transport errors (credentials removed).
+    proxy_note: String,
+}
+
+/// The proxy variables in effect for `url`, for error messages; userinfo is removed.
+fn proxy_note(url: &Url) -> String {
+    fn get(names: &[&'static str]) -> Option<(&'static str, String)> {
+        names.iter().find_map(|n| {
+            std::env::var(n)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (*n, v))
+        })
+    }
+    let scheme_vars: &[&'static str] = if url.scheme() == "https" {
+        &["HTTPS_PROXY", "https_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy"]
+    };
+    let Some((name, value)) = get(scheme_vars).or_else(|| get(&["ALL_PROXY", "all_proxy"])) else {
+        return String::new();
+    };
+    let shown = match Url::parse(&value) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(unparsable)".to_string(),
+    };
+    let no_proxy = get(&["NO_PROXY", "no_proxy"])
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    format!(" (through the proxy {name}={shown}, NO_PROXY={no_proxy:?}; check the proxy or add the Coder host to NO_PROXY)")
+}
+
+/// Same origin only, and at most [`MAX_REDIRECTS`] hops: more is a loop or a
+/// misconfiguration, which no retry can fix (the error is permanent).
+fn redirect_policy(base: &Url) -> reqwest::redirect::Policy {
+    let origin = base.origin();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.url().origin() != origin {
+            return attempt.stop();
+        }
+        if attempt.previous().len() < MAX_REDIRECTS {
+            return attempt.follow();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let looped = attempt.previous().iter().any(|u| !seen.insert(u.as_str()));
+        let chain = attempt
+            .previous()
+            .iter()
+            .chain(std::iter::once(attempt.url()))
+            .map(|u| crate::text::excerpt(u.as_str(), 200))
+            .collect::<Vec<_>>()
+            .join(" → ");
+        let e = if looped {
+            format!("a redirect loop after {MAX_REDIRECTS} hops: {chain}")
+        } else {
+            format!("more than {MAX_REDIRECTS} redirects: {chain}")
+        };
+        attempt.error(e)
+    })
+}
+
+impl CoderClient {
+    pub fn new(base: &Url, headers: Headers, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(redirect_policy(base))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(crate::USER_AGENT);
+        if base.scheme() == "https" {
+            if let Some(path) = ca_cert {
+                let pem = std::fs::read(path).with_context(|| {
+                    format!(
+                        "reading --ca-cert {}: check the path and its permissions",
+                        path.display()
+                    )
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--ca-cert {} holds no usable PEM certificate: {e}",
+                        path.display()
+                    )
+                })?;
+                if certs.is_empty() {
+                    anyhow::bail!(
+                        "--ca-cert {} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+                        path.display()
+                    );
+                }
+                builder = builder.tls_certs_merge(certs);
+            }
+        } else {
+            // Plain http: no TLS is ever used, so don't load the OS trust store.
+            builder = builder.tls_backend_preconfigured(crate::tls::unused_tls_config());
+        }
+        let http = builder.build().map_err(|e| {
+            anyhow::anyhow!(
+                "setting up the HTTPS client for {base}: {}; check SSL_CERT_FILE / SSL_CERT_DIR and --ca-cert",
+                error_chain(&e)
+            )
+        })?;
+        Ok(CoderClient {
+            http,
+            base: base.clone(),
+            headers,
+            proxy_note: proxy_note(base),
+        })
+    }
+
+    /// A transport failure: a redirect loop is permanent, the rest transient.
+    fn transport(&self, request: &str, e: &reqwest::Error, doing: &str) -> Failure {
+        if e.is_redirect() {
+            return Failure::Rejected(format!(
+                "{request}: stopped following redirects at {}\n\
+                 fix: set --url to the deployment's final address, or fix the redirect rules of the proxy in front of it",
+                error_chain(e)
+            ));
+        }
+        let cause = match Cause::from_reqwest(e) {
+            Cause::Timeout => format!("timed out: {}", error_chain(e)),
+            other => other.to_string(),
+        };
+        Failure::transient(format!("{request}: {doing}{cause}{}", self.proxy_note))
+    }
+
+    /// Send one request with this attempt's headers; read at most `cap` bytes.
+    /// The redactor gains this attempt's header values.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<Vec<u8>>,
+        cap: usize,
+        redactor: &mut Redactor,
+    ) -> Result<Received, Failure> {
+        let request = format!("{method} {url}");
+        let headers: HeaderMap = self.headers.resolve(&self.base).await?;
+        for v in headers.values() {
+            if let Ok(v) = v.to_str() {
+                redactor.add(v);
+            }
+        }
+        let mut req = self
+            .http
+            .request(method, url.clone())
+            .header(ACCEPT, "application/json")
+            .headers(headers);
+        if let Some(b) = body {
+            req = req.header(CONTENT_TYPE, "application/json").body(b);
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport(&request, &e, ""))?;
+        let status = resp.status().as_u16();
+        let final_url = resp.url().clone();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header(CONTENT_TYPE.as_str());
+        let location = header(LOCATION.as_str());
+        let retry_after =
+            header(RETRY_AFTER.as_str()).and_then(|r| parse_retry_after(&r, SystemTime::now()));
+        let build_version = header("x-coder-build-version");
+        let mut body = Vec::new();
+        let mut too_large = false;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.transport(&request, &e, "reading the answer failed: "))?
+        {
+            if body.len() + chunk.len() > cap {
+                // Stop reading: the rest is never looked at.
+                too_large = true;
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        tracing::debug!(%final_url, status, bytes = body.len(), too_large, "Coder answer");
+        Ok(Received {
+            status,
+            final_url,
+            content_type,
+            location,
+            retry_after,
+            build_version,
+            body,
+            too_large,
+        })
+    }
+
+    /// One attempt at the exchange.
+    pub async fn exchange(
+        &self,
+        identity: &Identity,
+        agent_name: Option<&str>,
+        redactor: &Redactor,
+    ) -> Result<Secret, Failure> {
+        let url = endpoint(&self.base, identity);
+        let mut redactor = redactor.clone();
+        let r = self
+            .send(
+                Method::POST,
+                &url,
+                Some(request_body(identity, agent_name)),
+                ANSWER_CAP,
+                &mut redactor,
+            )
+            .await?;
+        if r.too_large {
+            return Err(Failure::Rejected(format!(
+                "POST {}: the answer is larger than {} KiB, which no Coder answer is; nothing was stored\n\
+                 fix: check that --url is the Coder deployment and not another service",
+                r.final_url,
+                ANSWER_CAP / 1024
+            )));
+        }
+        let answer = Answer {
+            status: r.status,
+            content_type: r.content_type.as_deref(),
+            retry_after: r.retry_after,
+            body: &r.body,
+        };
+        let final_url = &r.final_url;
+        classify(&answer, &redactor).map_err(|f| match f {
+            Failure::Rejected(m) => {
+                let to = r
+                    .location
+                    .as_deref()
+                    .filter(|_| (300..400).contains(&r.status))
+                    .map(|l| format!(" (Location: {})", crate::text::excerpt(l, 200)))
+                    .unwrap_or_default();
+                Failure::Rejected(format!("POST {final_url}: {m}{to}"))
+            }
+            Failure::Transient {
+                message,
+                retry_after,
+            } => Failure::Transient {
+                message: format!("POST {final_url}: {message}"),
+                retry_after,
+            },
+            other => other,
+        })
+    }
+
+    /// One attempt at reading the server's version. `Ok(None)`: the server
+    /// answered, but not with a readable version (a proxy, an old or odd
+    /// server): not a reason to stop. Transport trouble, 429 and 5xx are
+    /// transient, like the exchange's.
+    pub async fn server_version(&self) -> Result<Option<Version>, Failure> {
+        let url = self.base.join(BUILDINFO_PATH).expect("static path");
+        let mut redactor = Redactor::new();
+        let r = self
+            .send(Method::GET, &url, None, BUILDINFO_CAP, &mut redactor)
+            .await?;
+        if r.status == 429 || (500..=599).contains(&r.status) {
+            return Err(Failure::Transient {
+                message: format!("GET {url}: Coder answered {}", r.status),
+                retry_after: r.retry_after,
+            });
+        }
+        let found = (r.status == 200 && !r.too_large)
+            .then(|| version::from_buildinfo(&r.body))
+            .flatten()
+            .or_else(|| r.build_version.as_deref().and_then(Version::parse));
+        if found.is_none() {
+            tracing::warn!(
+                status = r.status,
+                "GET {url} did not say which Coder version this is; going on without the version check"
+            );
+        }
+        Ok(found)
+    }
+}
+
+struct Received {
+    status: u16,
+    final_url: Url,
+    content_type: Option<String>,
+    location: Option<String>,
+    retry_after: Option<Duration>,
+    build_version: Option<String>,
+    body: Vec<u8>,
+    /// The answer went past the cap; `body` holds its start.
+    too_large: bool,
+}

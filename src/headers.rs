@@ -1,0 +1,418 @@
+//! Extra headers for requests to Coder, read exactly as Coder's own agent
+//! reads them, so that one env file serves both `coder agent` and this tool:
+//!
+//! - `--header` / `CODER_AGENT_HEADER`: each value is a CSV record (Go's
+//!   `encoding/csv`, via serpent's `StringArray`: commas separate entries,
+//!   double quotes protect commas, only the first line counts), and each entry
+//!   is split at its first `=` into name and value, nothing trimmed. The
+//!   environment's entries come first and the flags' are added to them.
+//! - `--header-command` / `CODER_AGENT_HEADER_COMMAND`: run with `sh -c`, with
+//!   `CODER_URL` in its environment; each stdout line is one `name=value`.
+//!   Coder runs it once at start; this tool runs it before every request to
+//!   Coder, so short-lived tokens stay fresh across retries.
+//!
+//! Header values are secrets: they never appear in logs, errors or output.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Url;
+use tokio::io::AsyncReadExt;
+
+use crate::outcome::Failure;
+
+/// The header command's own time limit (the run's deadline still applies).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a header command may print on stdout (Coder's line cap is 64 KiB).
+pub const COMMAND_OUTPUT_CAP: usize = 64 * 1024;
+/// How much of its stderr is kept, for one debug log line.
+const STDERR_EXCERPT: usize = 200;
+
+/// Headers that control the request itself: the tool sets them, or they would
+/// change how the body is framed or where the request goes.
+const REFUSED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "content-type",
+    "content-encoding",
+];
+
+/// The first CSV record of `raw`, as Go's `encoding/csv` reads it (no lazy
+/// quotes, no space trimming; blank leading lines skipped; the record ends at
+/// the first newline outside quotes).
+pub fn csv_record(raw: &str) -> Result<Vec<String>, String> {
+    let raw = raw.trim_start_matches(['\n', '\r']);
+    let mut fields = Vec::new();
+    let mut chars = raw.chars().peekable();
+    let mut column = 0usize;
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            column += 1;
+            loop {
+                match chars.next() {
+                    None => return Err(format!("a quoted entry is not closed (column {column})")),
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        column += 2;
+                        field.push('"');
+                    }
+                    Some('"') => {
+                        column += 1;
+                        break;
+                    }
+                    Some(c) => {
+                        column += 1;
+                        field.push(c);
+                    }
+                }
+            }
+            match chars.peek() {
+                None | Some(',') | Some('\n') | Some('\r') => {}
+                Some(_) => {
+                    return Err(format!(
+                        "a quote ends an entry too early (column {column}); write \"\" for a literal quote inside quotes"
+                    ))
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' || c == '\n' || c == '\r' {
+                    break;
+                }
+                if c == '"' {
+                    return Err(format!(
+                        "a bare \" inside an unquoted entry (column {}); quote the whole entry, e.g. \"Name=a,b\"",
+                        column + 1
+                    ));
+                }
+                chars.next();
+                column += 1;
+                field.push(c);
+            }
+        }
+        fields.push(field);
+        match chars.next() {
+            Some(',') => column += 1,
+            _ => return Ok(fields),
+        }
+    }
+}
+
+/// Split one entry at its first `=`, as Coder does; `what` names the source
+/// for errors, which never show the value.
+fn split_entry(entry: &str, what: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let Some((name, value)) = entry.split_once('=') else {
+        let hint = match entry.split_once(':') {
+            Some((n, _)) => format!(
+                "; Coder's syntax is Name=value, so write {}=… (the value is not shown: header values may be secrets)",
+                crate::text::escape(n.trim())
+            ),
+            None => "; write Name=value".to_string(),
+        };
+        return Err(format!("{what} is not Name=value: it has no '='{hint}"));
+    };
+    let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| match name.split_once(':') {
+        Some((n, _)) => format!(
+            "{what} looks like the \"Name: value\" form; Coder's syntax is Name=value (split at the \
+             first '='), so write {}=… (the value is not shown: header values may be secrets)",
+            crate::text::escape(n.trim())
+        ),
+        None => format!(
+            "{what}: {} is not a valid header name (letters, digits and - only; Coder does not trim \
+             spaces around '=')",
+            crate::text::escape(name)
+        ),
+    })?;
+    if REFUSED.contains(&header.as_str()) {
+        return Err(format!(
+            "{what}: the header {name} controls the request itself and cannot be set; remove it"
+        ));
+    }
+    let mut value = HeaderValue::from_str(value).map_err(|_| {
+        format!("{what}: the value of {name} contains a control character or a line break")
+    })?;
+    value.set_sensitive(true);
+    Ok((header, value))
+}
+
+/// Where the extra headers come from.
+#[derive(Clone, Debug, Default)]
+pub struct Headers {
+    fixed: Vec<(HeaderName, HeaderValue)>,
+    command: Option<String>,
+}
+
+impl Headers {
+    /// `env`: `CODER_AGENT_HEADER`; `flags`: every `--header` value, in order.
+    pub fn parse(
+        env: Option<&str>,
+        flags: &[String],
+        command: Option<String>,
+    ) -> Result<Self, String> {
+        let mut fixed = Vec::new();
+        let sources = env
+            .map(|e| ("CODER_AGENT_HEADER".to_string(), e))
+            .into_iter()
+            .chain(
+                flags
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("--header #{}", i + 1), f.as_str())),
+            );
+        for (source, raw) in sources {
+            if raw.is_empty() {
+                continue;
+            }
+            let entries = csv_record(raw).map_err(|e| format!("{source}: {e}"))?;
+            for (i, entry) in entries.iter().enumerate() {
+                let what = format!("{source}, entry {}", i + 1);
+                fixed.push(split_entry(entry, &what)?);
+            }
+        }
+        let command = command.filter(|c| !c.trim().is_empty());
+        Ok(Headers { fixed, command })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fixed.is_empty() && self.command.is_none()
+    }
+
+    /// The fixed values (for redaction).
+    pub fn fixed_values(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.fixed.iter().map(|(_, v)| v)
+    }
+
+    /// The headers for one request: the fixed ones, then the command's.
+    pub async fn resolve(&self, coder_url: &Url) -> Result<HeaderMap, Failure> {
+        let mut map = HeaderMap::new();
+        for (n, v) in &self.fixed {
+            map.append(n.clone(), v.clone());
+        }
+        if let Some(cmd) = &self.command {
+            for (n, v) in run_command(cmd, coder_url).await? {
+                map.append(n, v);
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// The command for messages: its first word, never its arguments (which may
+/// hold a secret written inline).
+fn command_name(cmd: &str) -> String {
+    let mut words = cmd.split_whitespace();
+    let first = words.next().unwrap_or("");
+    if words.next().is_some() {
+        format!("`{first} …`")
+    } else {
+        format!("`{first}`")
+    }
+}
+
+async fn run_command(
+    cmd: &str,
+    coder_url: &Url,
+) -> Result<Vec<(HeaderName, HeaderValue)>, Failure> {
+    let name = command_name(cmd);
+    let what = format!("--header-command {name}");
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("CODER_URL", coder_url.as_str())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Failure::Usage(format!("{what} could not be started with sh -c: {e}")))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let run = async {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut capped_out = (&mut stdout).take(COMMAND_OUTPUT_CAP as u64 + 1);
+        let read_out = capped_out.read_to_end(&mut out);
+        // Keep the start of stderr, and drain the rest so the command never
+        // blocks on a full pipe.
+        let read_err = async {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let room = STDERR_EXCERPT.saturating_sub(err.len());
+                err.extend_from_slice(&buf[..n.min(room)]);
+            }
+        };
+        let (a, ()) = tokio::join!(read_out, read_err);
+        a.map_err(|e| format!("reading its output failed: {e}"))?;
+        if out.len() > COMMAND_OUTPUT_CAP {
+            return Err(format!(
+                "printed more than {} KiB; a header command prints a few Name=value lines",
+                COMMAND_OUTPUT_CAP / 1024
+            ));
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for it failed: {e}"))?;
+        Ok((status, out, err))
+    };
+    let (status, out, err) = match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
+        Err(_) => {
+            return Err(Failure::transient(format!(
+                "{what} did not finish within {} s (it was killed)",
+                COMMAND_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) => return Err(Failure::transient(format!("{what}: {e}"))),
+        Ok(Ok(r)) => r,
+    };
+    if !err.is_empty() {
+        tracing::debug!(
+            command = %name,
+            "header command stderr: {}",
+            crate::text::excerpt(&String::from_utf8_lossy(&err), STDERR_EXCERPT)
+        );
+    }
+    if !status.success() {
+        return Err(Failure::transient(format!(
+            "{what} failed ({status}); run it by hand with CODER_URL={coder_url} to see why"
+        )));
+    }
+    let text = String::from_utf8(out)
+        .map_err(|_| Failure::Usage(format!("{what} printed bytes that are not UTF-8 text")))?;
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            let at = format!("{what}, output line {}", i + 1);
+            if line.is_empty() {
+                return Err(Failure::Usage(format!(
+                    "{at} is empty; print one Name=value per line"
+                )));
+            }
+            split_entry(line, &at).map_err(Failure::Usage)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(h: &Headers) -> Vec<(String, String)> {
+        h.fixed
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn csv_follows_go() {
+        assert_eq!(csv_record("A=b").unwrap(), ["A=b"]);
+        assert_eq!(csv_record("A=b,C=d").unwrap(), ["A=b", "C=d"]);
+        assert_eq!(csv_record("\"A=b,c\",D=e").unwrap(), ["A=b,c", "D=e"]);
+        assert_eq!(
+            csv_record("\"A=say \"\"hi\"\"\"").unwrap(),
+            ["A=say \"hi\""]
+        );
+        assert_eq!(csv_record("A=b\nC=d").unwrap(), ["A=b"]);
+        assert_eq!(csv_record("A=b,,C=d").unwrap(), ["A=b", "", "C=d"]);
+        assert!(csv_record("A=\"b\"").is_err());
+        assert!(csv_record("\"A=b").is_err());
+        assert!(csv_record("\"A\"x").is_err());
+    }
+
+    #[test]
+    fn entries_split_at_the_first_equals_sign() {
+        let h = Headers::parse(Some("A=b=c,X-Empty="), &["Cookie=x=1; y=2".into()], None).unwrap();
+        assert_eq!(
+            names(&h),
+            [
+                ("a".into(), "b=c".into()),
+                ("x-empty".into(), String::new()),
+                ("cookie".into(), "x=1; y=2".into())
+            ]
+        );
+        assert!(
+            !format!("{:?}", h.fixed).contains("x=1"),
+            "values redacted in Debug"
+        );
+    }
+
+    #[test]
+    fn the_colon_form_is_refused_with_the_equals_spelling_and_no_value() {
+        let e = Headers::parse(Some("X-Team: secret-value"), &[], None).unwrap_err();
+        assert!(e.contains("X-Team=…"), "{e}");
+        assert!(!e.contains("secret-value"), "{e}");
+        assert!(e.contains("CODER_AGENT_HEADER, entry 1"), "{e}");
+        let e = Headers::parse(None, &["Cookie: session=abc".into()], None).unwrap_err();
+        assert!(e.contains("Cookie=…") && !e.contains("abc"), "{e}");
+    }
+
+    #[test]
+    fn request_control_headers_are_refused() {
+        for h in [
+            "Content-Length=5",
+            "Host=evil",
+            "Transfer-Encoding=chunked",
+            "connection=close",
+        ] {
+            let e = Headers::parse(None, &[h.into()], None).unwrap_err();
+            assert!(e.contains("controls the request"), "{h}: {e}");
+        }
+        assert!(Headers::parse(None, &["A =b".into()], None).is_err());
+        assert!(Headers::parse(None, &["A=b\u{7}".into()], None).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_command_runs_with_coder_url_and_its_lines_become_headers() {
+        let h = Headers::parse(
+            Some("A=1"),
+            &[],
+            Some("printf 'X-Url=%s\\r\\nX-Two=2\\n' \"$CODER_URL\"; echo noise >&2".into()),
+        )
+        .unwrap();
+        let url = Url::parse("https://coder.example.com/").unwrap();
+        let map = h.resolve(&url).await.unwrap();
+        assert_eq!(map["a"], "1");
+        assert_eq!(map["x-url"], "https://coder.example.com/");
+        assert_eq!(map["x-two"], "2");
+    }
+
+    #[tokio::test]
+    async fn command_failures_name_the_command_and_line_never_the_value() {
+        async fn run(cmd: &str) -> Failure {
+            let url = Url::parse("http://c/").unwrap();
+            let h = Headers::parse(None, &[], Some(cmd.into())).unwrap();
+            h.resolve(&url).await.unwrap_err()
+        }
+        let e = run("echo A=ok; echo 'Bearer topsecret'").await;
+        assert!(matches!(e, Failure::Usage(_)), "{e:?}");
+        let m = e.to_string();
+        assert!(m.contains("`echo …`") && m.contains("output line 2"), "{m}");
+        assert!(!m.contains("topsecret"), "{m}");
+        let e = run("exit 3").await;
+        assert!(matches!(e, Failure::Transient { .. }), "{e:?}");
+        assert!(e.to_string().contains("exit status: 3"), "{e}");
+        let e = run("printf 'A=1\\n\\nB=2\\n'").await;
+        assert!(e.to_string().contains("output line 2 is empty"), "{e}");
+    }
+}
