@@ -10,6 +10,7 @@ use reqwest::Method;
 use serde::Serialize;
 
 use crate::cloud::{join, Cloud, Endpoints, MetadataClient};
+use crate::files::ReadError;
 
 /// Azure's fixed chassis asset tag.
 pub const AZURE_ASSET_TAG: &str = "7783-7084-3265-9085-8269-3286-77";
@@ -102,10 +103,10 @@ impl DmiSource {
     pub fn read(&self, rel: &str) -> (String, Reading) {
         let p = self.path(rel);
         let shown = Path::new("/").join(rel).display().to_string();
-        let reading = match std::fs::read(&p) {
+        let reading = match crate::files::read_regular(&p, crate::files::DMI_CAP) {
             Ok(bytes) => Reading::Value(String::from_utf8_lossy(&bytes).trim().to_string()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Reading::Missing,
-            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            Err(ReadError::Io(e)) if e.kind() == ErrorKind::NotFound => Reading::Missing,
+            Err(ReadError::Io(e)) if e.kind() == ErrorKind::PermissionDenied => {
                 Reading::Unreadable("permission denied (root only)".into())
             }
             Err(e) => Reading::Unreadable(e.to_string()),

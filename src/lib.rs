@@ -10,6 +10,7 @@ pub mod cloud;
 pub mod coder;
 pub mod detect;
 pub mod error;
+pub mod files;
 pub mod inspect;
 pub mod logging;
 pub mod retry;
