@@ -79,7 +79,7 @@ impl Finished {
     }
 }
 
-/// Run a mode; SIGINT/SIGTERM end it at once (no partial token file can exist:
+/// Run a mode; SIGHUP/SIGINT/SIGTERM end it at once (no partial token file can exist:
 /// the file appears only by rename).
 pub async fn run(mode: Mode) -> Finished {
     let (json, agent_name) = match &mode {
@@ -113,10 +113,13 @@ async fn with_signals(
         .map_err(|e| Failure::Internal(anyhow::anyhow!("installing the SIGTERM handler: {e}")))?;
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| Failure::Internal(anyhow::anyhow!("installing the SIGINT handler: {e}")))?;
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| Failure::Internal(anyhow::anyhow!("installing the SIGHUP handler: {e}")))?;
     tokio::select! {
         r = work => r,
         _ = term.recv() => Err(Failure::Interrupted { signal: libc::SIGTERM }),
         _ = int.recv() => Err(Failure::Interrupted { signal: libc::SIGINT }),
+        _ = hup.recv() => Err(Failure::Interrupted { signal: libc::SIGHUP }),
     }
 }
 
@@ -214,12 +217,15 @@ async fn identity_cmd(common: Common, raw: bool, ctx: &mut Ctx) -> Result<Outcom
 async fn exchange(cfg: Config, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     // Everything that can fail without the network fails first.
     if let (TokenTarget::File(path), false) = (&cfg.token, cfg.dry_run) {
-        sink::precheck(path).map_err(|e| Failure::Store(e.0))?;
+        sink::precheck(path).map_err(Failure::from)?;
     }
-    if let Some(program) = cfg.command.first() {
-        sink::resolve_command(program)
-            .map_err(|e| Failure::Usage(format!("{e}; fix the command after --")))?;
-    }
+    let program = match cfg.command.first() {
+        Some(program) => Some(
+            sink::resolve_command(program)
+                .map_err(|e| Failure::Usage(format!("{e}; fix the command after --")))?,
+        ),
+        None => None,
+    };
     let md = Metadata::new(&cfg.common)?;
     warn_if_cleartext(&cfg.url);
     let coder = CoderClient::new(&cfg.url, cfg.headers.clone(), cfg.ca_cert.as_deref())
@@ -267,23 +273,19 @@ async fn exchange(cfg: Config, ctx: &mut Ctx) -> Result<Outcome, Failure> {
 
     let outcome = match &cfg.token {
         TokenTarget::File(path) => {
-            sink::write_atomic(path, &token).map_err(|e| Failure::Store(e.0))?;
+            sink::write_atomic(path, &token).map_err(Failure::from)?;
             tracing::info!(path = %path.display(), "stored the session token (mode 0600)");
             Outcome::Stored(path.clone())
         }
         TokenTarget::Stdout => {
-            sink::write_stdout(&token).map_err(|e| Failure::Store(e.0))?;
+            sink::write_stdout(&token).map_err(Failure::from)?;
             Outcome::HandedOn
         }
         TokenTarget::None => Outcome::HandedOn,
     };
-    if !cfg.command.is_empty() {
-        tracing::info!(command = ?cfg.command[0], "starting the command with CODER_AGENT_TOKEN set");
-        let err = sink::exec(&cfg.command, &token);
-        return Err(Failure::Usage(format!(
-            "could not start {:?}: {err}; fix the command after --",
-            cfg.command[0]
-        )));
+    if let Some(program) = program {
+        tracing::info!(command = ?program, "starting the command with CODER_AGENT_TOKEN set");
+        return Err(sink::exec(&program, &cfg.command, &token));
     }
     Ok(outcome)
 }

@@ -12,6 +12,12 @@ pub mod exit {
     pub const NO_IDENTITY: i32 = 5;
     pub const TIMEOUT: i32 = 6;
     pub const STORE: i32 = 7;
+    /// The token was issued, but `-- COMMAND` was found and could not be executed
+    /// (as env(1) and the shells report it).
+    pub const CANNOT_EXECUTE: i32 = 126;
+    /// The token was issued, but `-- COMMAND` was not found (it was there when
+    /// it was checked, before the exchange).
+    pub const NOT_FOUND: i32 = 127;
 }
 
 /// Everything that ends a run without a token.
@@ -29,7 +35,10 @@ pub enum Failure {
     Timeout { last: String },
     /// The token could not be stored.
     Store(String),
-    /// SIGINT or SIGTERM ended the run.
+    /// The token was issued, but `-- COMMAND` could not be started: exit 127
+    /// when it is no longer there, 126 when it is but cannot be executed.
+    Exec { message: String, not_found: bool },
+    /// SIGHUP, SIGINT or SIGTERM ended the run.
     Interrupted { signal: i32 },
     /// A bug or an environment problem nobody planned for.
     Internal(anyhow::Error),
@@ -44,6 +53,10 @@ impl Failure {
             Failure::NoIdentity(_) => exit::NO_IDENTITY,
             Failure::Timeout { .. } => exit::TIMEOUT,
             Failure::Store(_) => exit::STORE,
+            Failure::Exec {
+                not_found: true, ..
+            } => exit::NOT_FOUND,
+            Failure::Exec { .. } => exit::CANNOT_EXECUTE,
             Failure::Interrupted { signal } => 128 + signal,
             Failure::Internal(_) => exit::INTERNAL,
         }
@@ -58,6 +71,7 @@ impl Failure {
             Failure::NoIdentity(_) => "no_identity",
             Failure::Timeout { .. } => "timeout",
             Failure::Store(_) => "store_failed",
+            Failure::Exec { .. } => "exec_failed",
             Failure::Interrupted { .. } => "interrupted",
             Failure::Internal(_) => "internal_error",
         }
@@ -88,8 +102,10 @@ impl fmt::Display for Failure {
                  raise --timeout (CODER_AGENT_AUTH_TIMEOUT) if the workspace build is slow to register the instance"
             ),
             Failure::Store(m) => write!(f, "{m}"),
+            Failure::Exec { message, .. } => write!(f, "{message}"),
             Failure::Interrupted { signal } => {
                 let name = match *signal {
+                    libc::SIGHUP => "SIGHUP",
                     libc::SIGINT => "SIGINT",
                     libc::SIGTERM => "SIGTERM",
                     _ => "a signal",
@@ -129,6 +145,13 @@ mod tests {
             6
         );
         assert_eq!(Failure::Store(String::new()).exit_code(), 7);
+        let exec = |not_found| Failure::Exec {
+            message: String::new(),
+            not_found,
+        };
+        assert_eq!(exec(false).exit_code(), 126);
+        assert_eq!(exec(true).exit_code(), 127);
+        assert_eq!(Failure::Interrupted { signal: 1 }.exit_code(), 129);
         assert_eq!(Failure::Interrupted { signal: 15 }.exit_code(), 143);
         assert_eq!(Failure::Internal(anyhow::anyhow!("x")).exit_code(), 1);
     }
