@@ -25,7 +25,7 @@ struct Learned {
     output: Option<Printable>,
 }
 
-/// Run a mode; SIGINT/SIGTERM end it at once (no partial token file can exist:
+/// Run a mode; SIGHUP/SIGINT/SIGTERM end it at once (no partial token file can exist:
 /// the file appears only by rename).
 pub async fn run(mode: Mode) -> Finished {
     let (json, agent_name) = match &mode {
@@ -58,10 +58,12 @@ async fn with_signals(work: impl Future<Output = Result<Done, Failure>>) -> Resu
     };
     let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
     let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = handler(SignalKind::hangup(), "SIGHUP")?;
     tokio::select! {
         r = work => r,
         _ = term.recv() => Err(Failure::Interrupted { signal: libc::SIGTERM }),
         _ = int.recv() => Err(Failure::Interrupted { signal: libc::SIGINT }),
+        _ = hup.recv() => Err(Failure::Interrupted { signal: libc::SIGHUP }),
     }
 }
 
@@ -180,12 +182,15 @@ fn printable(json: serde_json::Value) -> Printable {
 async fn exchange(cfg: Config, learned: &mut Learned) -> Result<Done, Failure> {
     // Everything that can fail without the network fails first.
     if let (TokenTarget::File(path), false) = (&cfg.token, cfg.dry_run) {
-        sink::precheck(path).map_err(|e| Failure::Store(e.0))?;
+        sink::precheck(path).map_err(Failure::from)?;
     }
-    if let Some(program) = cfg.command.first() {
-        sink::resolve_command(program)
-            .map_err(|e| Failure::Usage(format!("{e}; fix the command after --")))?;
-    }
+    let program = match cfg.command.first() {
+        Some(program) => Some(
+            sink::resolve_command(program)
+                .map_err(|e| Failure::Usage(format!("{e}; fix the command after --")))?,
+        ),
+        None => None,
+    };
     let md = Metadata::new(&cfg.common)?;
     warn_if_cleartext(&cfg.url);
     let coder = CoderClient::new(&cfg.url, cfg.headers.clone(), cfg.ca_cert.as_deref())
@@ -248,23 +253,19 @@ async fn exchange(cfg: Config, learned: &mut Learned) -> Result<Done, Failure> {
 
     let done = match &cfg.token {
         TokenTarget::File(path) => {
-            sink::write_atomic(path, &token).map_err(|e| Failure::Store(e.0))?;
+            sink::write_atomic(path, &token).map_err(Failure::from)?;
             tracing::info!(path = %path.display(), "stored the session token (mode 0600)");
             Done::Stored(path.clone())
         }
         TokenTarget::Stdout => {
-            sink::write_stdout(&token).map_err(|e| Failure::Store(e.0))?;
+            sink::write_stdout(&token).map_err(Failure::from)?;
             Done::HandedOn
         }
         TokenTarget::None => Done::HandedOn,
     };
-    if !cfg.command.is_empty() {
-        tracing::info!(command = ?cfg.command[0], "starting the command with CODER_AGENT_TOKEN set");
-        let err = sink::exec(&cfg.command, &token);
-        return Err(Failure::Usage(format!(
-            "could not start {:?}: {err}; fix the command after --",
-            cfg.command[0]
-        )));
+    if let Some(program) = program {
+        tracing::info!(command = ?program, "starting the command with CODER_AGENT_TOKEN set");
+        return Err(sink::exec(&program, &cfg.command, &token));
     }
     Ok(done)
 }

@@ -18,15 +18,17 @@ pub const DEFAULT_TIMEOUT: &str = "5m";
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  success: the token was stored (or the command was started)
+  0  success: the token was stored (with -- COMMAND: COMMAND started, and the exit code is then its own)
   1  unexpected internal error
-  2  usage or configuration error (nothing was sent)
+  2  usage or configuration error, including a --token-file that is not a regular file or lies in a directory other users can write (nothing was sent)
   3  ambiguous: several agents share this instance; the names are printed on stdout
   4  rejected by Coder (bad identity, unknown agent name, unusable answer)
   5  no cloud identity available (no cloud detected, metadata service refused, AWS disabled)
   6  the deadline passed while retrying transient failures (the last error is shown)
-  7  the token could not be stored
-  130/143  interrupted by SIGINT/SIGTERM (no token file is left behind)
+  7  the token could not be stored (permission denied, read-only or full filesystem)
+  126  the token was issued, but COMMAND could not be executed
+  127  the token was issued, but COMMAND was not found (it was removed after the check)
+  129/130/143  interrupted by SIGHUP/SIGINT/SIGTERM (no token file is left behind)
 
 Examples:
   coder-agent-auth --url https://coder.example.com --auth aws --agent-name main
@@ -155,7 +157,8 @@ pub struct ExchangeArgs {
         long,
         hide_env_values = true,
         env = "CODER_AGENT_TOKEN_FILE",
-        value_name = "PATH"
+        value_name = "PATH",
+        value_parser = path_parser()
     )]
     pub token_file: Option<PathBuf>,
 
@@ -165,7 +168,8 @@ pub struct ExchangeArgs {
         long,
         hide_env_values = true,
         env = "CODER_AGENT_CA_CERT",
-        value_name = "PATH"
+        value_name = "PATH",
+        value_parser = path_parser()
     )]
     pub ca_cert: Option<PathBuf>,
 
@@ -373,6 +377,13 @@ impl ExchangeArgs {
             json: self.json,
         })
     }
+}
+
+/// A path that may be empty, so that `validate` reports an empty one with its
+/// own fix (clap's PathBuf parser would only say "a value is required").
+fn path_parser() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
 
 /// The default token path: one file per agent name under /run.

@@ -14,6 +14,7 @@ mod cli;
 mod cloud;
 mod coder;
 mod detect;
+mod files;
 mod headers;
 mod inspect;
 mod logging;

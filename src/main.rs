@@ -15,6 +15,12 @@ fn exit_code(result: &Result<Done, Failure>) -> i32 {
         Err(Failure::NoIdentity(_)) => 5,
         Err(Failure::Timeout { .. } | Failure::Transient { .. }) => 6,
         Err(Failure::Store(_)) => 7,
+        Err(Failure::Exec {
+            not_found: false, ..
+        }) => 126,
+        Err(Failure::Exec {
+            not_found: true, ..
+        }) => 127,
         Err(Failure::Interrupted { signal }) => 128 + signal,
     }
 }
@@ -48,6 +54,13 @@ mod tests {
         let (why, last) = (String::new(), String::new());
         assert_eq!(code(Failure::Timeout { why, last }), 6);
         assert_eq!(code(Failure::Store(String::new())), 7);
+        let exec = |not_found| Failure::Exec {
+            message: String::new(),
+            not_found,
+        };
+        assert_eq!(code(exec(false)), 126);
+        assert_eq!(code(exec(true)), 127);
+        assert_eq!(code(Failure::Interrupted { signal: 1 }), 129);
         assert_eq!(code(Failure::Interrupted { signal: 15 }), 143);
     }
 }

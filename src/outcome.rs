@@ -44,7 +44,11 @@ pub enum Failure {
     Timeout { why: String, last: String },
     /// The token could not be stored.
     Store(String),
-    /// A signal ended the run.
+    /// The token was issued, but `-- COMMAND` could not be started: exit 127
+    /// when it is no longer there, 126 when it is but cannot be executed
+    /// (as env(1) and the shells report it).
+    Exec { message: String, not_found: bool },
+    /// SIGHUP, SIGINT or SIGTERM ended the run.
     Interrupted { signal: i32 },
     /// A bug or an environment problem nobody planned for.
     Internal(anyhow::Error),
@@ -67,6 +71,7 @@ impl Failure {
             Failure::NoIdentity(_) => "no_identity",
             Failure::Transient { .. } | Failure::Timeout { .. } => "timeout",
             Failure::Store(_) => "store_failed",
+            Failure::Exec { .. } => "exec_failed",
             Failure::Interrupted { .. } => "interrupted",
             Failure::Internal(_) => "internal_error",
         }
@@ -76,9 +81,11 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Usage(m) | Failure::Rejected(m) | Failure::NoIdentity(m) | Failure::Store(m) => {
-                f.write_str(m)
-            }
+            Failure::Usage(m)
+            | Failure::Rejected(m)
+            | Failure::NoIdentity(m)
+            | Failure::Store(m)
+            | Failure::Exec { message: m, .. } => f.write_str(m),
             Failure::Ambiguous(a) => {
                 let names = a
                     .names
@@ -111,6 +118,7 @@ impl fmt::Display for Failure {
             ),
             Failure::Interrupted { signal } => {
                 let name = match *signal {
+                    libc::SIGHUP => "SIGHUP",
                     libc::SIGINT => "SIGINT",
                     libc::SIGTERM => "SIGTERM",
                     _ => "a signal",

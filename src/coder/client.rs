@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, Url};
 
@@ -107,26 +106,10 @@ impl CoderClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(crate::USER_AGENT);
+        // Checked whatever the scheme (a bounded read of a regular file).
+        let extra = ca_cert.map(crate::files::ca_certificates).transpose()?;
         if base.scheme() == "https" {
-            if let Some(path) = ca_cert {
-                let pem = std::fs::read(path).with_context(|| {
-                    format!(
-                        "reading --ca-cert {}: check the path and its permissions",
-                        path.display()
-                    )
-                })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    anyhow::anyhow!(
-                        "--ca-cert {} holds no usable PEM certificate: {e}",
-                        path.display()
-                    )
-                })?;
-                if certs.is_empty() {
-                    anyhow::bail!(
-                        "--ca-cert {} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-                        path.display()
-                    );
-                }
+            if let Some(certs) = extra {
                 builder = builder.tls_certs_merge(certs);
             }
         } else {

@@ -273,6 +273,9 @@ mod tests {
             ("5", "no cloud identity"),
             ("6", "deadline"),
             ("7", "could not be stored"),
+            ("126", "could not be executed"),
+            ("127", "was not found"),
+            ("129/130/143", "SIGHUP/SIGINT/SIGTERM"),
         ] {
             // .TP / \fBCODE\fR / meaning
             let lines: Vec<&str> = text.lines().collect();
