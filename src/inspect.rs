@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::cloud::Identity;
 use crate::coder;
+use crate::text::escape;
 
 /// A decoded summary of the identity (never the raw secrets unless `raw`).
 pub fn identity_summary(identity: &Identity, raw: bool) -> Value {
@@ -31,16 +32,22 @@ fn strip_nulls(v: &mut Value) {
 }
 
 /// Render a JSON value as indented `key: value` text for people.
+/// Values come from metadata documents, which this tool does not control:
+/// control characters are escaped, so one line is one field (`--json` has
+/// the exact values).
 pub fn render_text(v: &Value) -> String {
     fn walk(v: &Value, indent: usize, out: &mut String) {
         if let Value::Object(m) = v {
             for (k, x) in m {
+                let k = escape(k);
                 match x {
                     Value::Object(_) => {
                         out.push_str(&format!("{:indent$}{k}:\n", ""));
                         walk(x, indent + 2, out);
                     }
-                    Value::String(s) => out.push_str(&format!("{:indent$}{k}: {s}\n", "")),
+                    Value::String(s) => {
+                        out.push_str(&format!("{:indent$}{k}: {}\n", "", escape(s)))
+                    }
                     other => out.push_str(&format!("{:indent$}{k}: {other}\n", "")),
                 }
             }
@@ -123,6 +130,13 @@ mod tests {
             "https://c.example/api/v2/workspaceagents/google-instance-identity"
         );
         assert_eq!(v["body"]["agent_name"], "main");
+    }
+
+    #[test]
+    fn text_escapes_what_a_document_smuggles() {
+        let v = json!({"document": {"region": "us-east-1\u{1b}[2J\nfix: evil"}});
+        let t = render_text(&v);
+        assert_eq!(t, "document:\n  region: us-east-1\\u{1b}[2J\\nfix: evil\n");
     }
 
     #[test]

@@ -144,3 +144,150 @@ pub fn assert_no_secrets(sim: &Sim, run: &Run, allow_stdout_token: bool) {
         }
     }
 }
+
+/// What a [`RawServer`] answers to one request.
+pub enum RawAnswer {
+    /// These bytes, then close.
+    Bytes(Vec<u8>),
+    /// `head`, then `chunk` repeated `times` times (or until the client goes), then close.
+    Stream {
+        head: Vec<u8>,
+        chunk: Vec<u8>,
+        times: usize,
+    },
+}
+
+impl From<Vec<u8>> for RawAnswer {
+    fn from(b: Vec<u8>) -> Self {
+        RawAnswer::Bytes(b)
+    }
+}
+
+/// A hand-written HTTP server on loopback for answers no well-behaved server
+/// gives: it reads each request (head and Content-Length body) and writes
+/// what `answer(n, request)` says, byte for byte.
+pub struct RawServer {
+    pub url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl RawServer {
+    pub fn start(answer: impl Fn(usize, &[u8]) -> RawAnswer + Send + Sync + 'static) -> RawServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let answer = std::sync::Arc::new(answer);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                let seen = seen.clone();
+                let answer = answer.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 8192];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut tmp) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match s.read(&mut tmp) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    let n = {
+                        let mut r = seen.lock().unwrap();
+                        r.push(buf.clone());
+                        r.len()
+                    };
+                    match answer(n, &buf) {
+                        RawAnswer::Bytes(b) => {
+                            let _ = s.write_all(&b);
+                        }
+                        RawAnswer::Stream { head, chunk, times } => {
+                            if s.write_all(&head).is_ok() {
+                                for _ in 0..times {
+                                    if s.write_all(&chunk).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        RawServer { url, requests }
+    }
+
+    /// Every request received, raw.
+    pub fn requests(&self) -> Vec<Vec<u8>> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A plain HTTP/1.1 response with a Content-Length.
+pub fn http_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut h = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
+    h.push_str("Connection: close\r\n\r\n");
+    let mut out = h.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Run and also report the child's peak RSS in KiB (from wait4), which is the
+/// binary's own, not this test process's.
+pub fn run_measured(mut c: Command) -> (Run, u64) {
+    use std::io::Read;
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn coder-agent-auth");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut e = Vec::new();
+        let _ = err.read_to_end(&mut e);
+        e
+    });
+    let mut stdout = Vec::new();
+    let _ = out.read_to_end(&mut stdout);
+    let stderr = t.join().unwrap();
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our child's; status and usage are valid for writes.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    (
+        Run {
+            code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        },
+        usage.ru_maxrss as u64,
+    )
+}
