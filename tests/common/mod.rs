@@ -254,7 +254,8 @@ pub fn http_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<
 }
 
 /// Run and also report the child's peak RSS in KiB (from wait4), which is the
-/// binary's own, not this test process's.
+/// binary's own, not this test process's. The child is reaped by wait4 itself.
+#[allow(clippy::zombie_processes)]
 pub fn run_measured(mut c: Command) -> (Run, u64) {
     use std::io::Read;
     let mut child = c
