@@ -8,36 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use coder_agent_auth::parsers::identity_summary;
 use libfuzzer_sys::fuzz_target;
-
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut v = vec![tag];
-    let n = content.len();
-    if n < 0x80 {
-        v.push(n as u8);
-    } else {
-        v.push(0x82);
-        v.extend_from_slice(&(n as u16).to_be_bytes());
-    }
-    v.extend_from_slice(content);
-    v
-}
-
-fn signed_data(content: &[u8]) -> Vec<u8> {
-    let oid_sd = tlv(
-        0x06,
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02],
-    );
-    let oid_data = tlv(
-        0x06,
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01],
-    );
-    let encap = tlv(0x30, &[oid_data, tlv(0xa0, &tlv(0x04, content))].concat());
-    let sd = tlv(
-        0x30,
-        &[tlv(0x02, &[1]), tlv(0x31, &[]), encap, tlv(0x31, &[])].concat(),
-    );
-    tlv(0x30, &[oid_sd, tlv(0xa0, &sd)].concat())
-}
+use testkit::pkcs7::signed_data;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -261,34 +261,7 @@ mod der {
 mod tests {
     use super::*;
 
-    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        if content.len() < 128 {
-            v.push(content.len() as u8);
-        } else {
-            v.push(0x82);
-            v.extend_from_slice(&(content.len() as u16).to_be_bytes());
-        }
-        v.extend_from_slice(content);
-        v
-    }
-
-    fn signed_data(content: &[u8]) -> Vec<u8> {
-        let oid_sd = tlv(
-            0x06,
-            &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02],
-        );
-        let oid_data = tlv(
-            0x06,
-            &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01],
-        );
-        let encap = tlv(0x30, &[oid_data, tlv(0xa0, &tlv(0x04, content))].concat());
-        let sd = tlv(
-            0x30,
-            &[tlv(0x02, &[1]), tlv(0x31, &[]), encap, tlv(0x31, &[])].concat(),
-        );
-        tlv(0x30, &[oid_sd, tlv(0xa0, &sd)].concat())
-    }
+    use testkit::pkcs7::{signed_data, signed_data_chunked};
 
     #[test]
     fn extracts_the_signed_json() {
@@ -296,6 +269,12 @@ mod tests {
         let json = br#"{"vmId":"13f56399-bd52-4150-9748-7190aae1ff21","timeStamp":{"createdOn":"a","expiresOn":"b"}}"#;
         let b64 = base64::engine::general_purpose::STANDARD.encode(signed_data(json));
         assert_eq!(extract_content(&b64).unwrap(), json);
+        let ber = base64::engine::general_purpose::STANDARD.encode(signed_data_chunked(json, 7));
+        assert_eq!(
+            extract_content(&ber).unwrap(),
+            json,
+            "a chunked (BER) OCTET STRING"
+        );
     }
 
     #[test]
