@@ -14,6 +14,7 @@ use crate::cli::valid_agent_name;
 use crate::cloud::http::{body_snippet, error_chain, Cause};
 use crate::cloud::Identity;
 use crate::outcome::Failure;
+use crate::proxy::Route;
 use crate::secret::Secret;
 
 /// Coder's own agent gives each request 30 s; a busy server may take seconds.
@@ -222,46 +223,14 @@ pub fn describe_body(content_type: Option<&str>, body: &[u8]) -> String {
     format!("{ct}, body starts: {}", body_snippet(body))
 }
 
-/// The HTTP client for Coder: honours HTTP(S)_PROXY/NO_PROXY, verifies TLS
+/// The HTTP client for Coder: takes the route [`crate::proxy`] decides, verifies TLS
 /// against the OS trust store plus `--ca-cert`, sends `--header`s, and follows
 /// redirects only within the same origin.
 pub struct CoderClient {
     http: reqwest::Client,
     base: Url,
-    /// Which proxy settings apply, added to transport errors (credentials removed).
-    proxy_note: String,
-}
-
-/// The proxy variables in effect for `url`, for error messages; userinfo is removed.
-fn proxy_note(url: &Url) -> String {
-    fn get(names: &[&'static str]) -> Option<(&'static str, String)> {
-        names.iter().find_map(|n| {
-            std::env::var(n)
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (*n, v))
-        })
-    }
-    let scheme_vars: &[&'static str] = if url.scheme() == "https" {
-        &["HTTPS_PROXY", "https_proxy"]
-    } else {
-        &["HTTP_PROXY", "http_proxy"]
-    };
-    let Some((name, value)) = get(scheme_vars).or_else(|| get(&["ALL_PROXY", "all_proxy"])) else {
-        return String::new();
-    };
-    let shown = match Url::parse(&value) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "(unparsable)".to_string(),
-    };
-    let no_proxy = get(&["NO_PROXY", "no_proxy"])
-        .map(|(_, v)| v)
-        .unwrap_or_default();
-    format!(" (through the proxy {name}={shown}, NO_PROXY={no_proxy:?}; check the proxy or add the Coder host to NO_PROXY)")
+    /// The proxy route, described in errors (credentials removed).
+    route: Route,
 }
 
 impl CoderClient {
@@ -276,7 +245,9 @@ impl CoderClient {
                 attempt.stop()
             }
         });
-        let mut builder = reqwest::Client::builder()
+        let route = crate::proxy::route_from_env(base)?;
+        let mut builder = route
+            .apply(reqwest::Client::builder())?
             .default_headers(headers)
             .redirect(policy)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -304,7 +275,7 @@ impl CoderClient {
                 }
                 builder = builder.tls_certs_merge(certs);
             }
-        } else {
+        } else if !route.proxy_uses_tls() {
             // Plain http: no TLS is ever used, so don't load the OS trust store.
             builder = builder.tls_backend_preconfigured(crate::tls::unused_tls_config());
         }
@@ -317,7 +288,7 @@ impl CoderClient {
         Ok(CoderClient {
             http,
             base: base.clone(),
-            proxy_note: proxy_note(base),
+            route,
         })
     }
 
@@ -333,7 +304,7 @@ impl CoderClient {
             Failure::transient(format!(
                 "POST {url}: {doing}{}{}",
                 transport_cause(&e),
-                self.proxy_note
+                self.route.note()
             ))
         };
         let resp = self
@@ -360,19 +331,25 @@ impl CoderClient {
             .await
             .map_err(|e| transport(e, "reading the answer failed: "))?;
         tracing::debug!(%final_url, status, bytes = body.len(), "Coder answer");
+        // Through a proxy, the answer may be the proxy's own (502, 407): say so.
+        let via = if self.route.is_proxied() {
+            self.route.note()
+        } else {
+            String::new()
+        };
         classify(status, content_type.as_deref(), &body).map_err(|f| match f {
             Failure::Rejected(m) => {
                 let to = location
                     .filter(|_| (300..400).contains(&status))
                     .map(|l| format!(" (Location: {l})"))
                     .unwrap_or_default();
-                Failure::Rejected(format!("POST {final_url}: {m}{to}"))
+                Failure::Rejected(format!("POST {final_url}{via}: {m}{to}"))
             }
             Failure::Transient {
                 message,
                 retry_after,
             } => Failure::Transient {
-                message: format!("POST {final_url}: {message}"),
+                message: format!("POST {final_url}{via}: {message}"),
                 retry_after,
             },
             other => other,

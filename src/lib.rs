@@ -17,6 +17,7 @@ mod detect;
 mod inspect;
 mod logging;
 mod outcome;
+mod proxy;
 mod retry;
 mod secret;
 mod sink;
