@@ -6,7 +6,7 @@
 //! - the proxy is `HTTPS_PROXY`/`https_proxy` for an https URL and
 //!   `HTTP_PROXY`/`http_proxy` for an http URL (upper case first, empty values
 //!   skipped), then `ALL_PROXY`/`all_proxy` as a last fallback (Go ignores it;
-//!   curl and earlier versions of this tool honour it);
+//!   curl honours it);
 //! - `localhost` and loopback addresses are never proxied;
 //! - `NO_PROXY`/`no_proxy` lists, comma-separated, the hosts that go direct:
 //!   `*`, IP addresses, CIDR ranges, domains (`foo.com` is foo.com and its

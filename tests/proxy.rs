@@ -147,12 +147,18 @@ struct Site {
 impl Site {
     /// `None` (after saying why) when namespaces are not available.
     fn new(tag: &str, coder_addr: &str, tls: bool) -> Option<Site> {
-        if !netns::available(tag) {
+        if !netns::available(&format!("proxy test {tag:?} (needs a network namespace)")) {
             return None;
         }
+        // IPv6 only where needed: some machines have it disabled.
+        let mut addrs = vec![format!("{V4}/32")];
+        if coder_addr.starts_with('[') {
+            addrs.push(format!("{V6}/128"));
+        }
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
         let ns = Netns::new(
             &format!("px-{tag}"),
-            &[&format!("{V4}/32"), &format!("{V6}/128")],
+            &addrs,
             &format!("127.0.0.1 localhost\n{V4} {NAME}\n"),
         );
         let coder: SocketAddr = coder_addr.parse().unwrap();
@@ -487,10 +493,12 @@ fn http_proxy_in_a_cgi_environment_is_refused() {
     let sim = start(Cloud::Aws, &["main"]);
     for var in ["HTTP_PROXY", "http_proxy"] {
         let mut c = command(&sim, &Cloud::Aws);
+        let dir = tempfile::tempdir().unwrap();
         c.env("CODER_AGENT_URL", UNUSED_URL)
             .env(var, "http://agent:hunter2@127.0.0.1:9")
             .env("REQUEST_METHOD", "GET")
-            .args(["--timeout", "1s"]);
+            .args(["--timeout", "1s", "--token-file"])
+            .arg(token_path(&dir, "t"));
         let r = run(c);
         assert_eq!(r.code, 2, "{r:?}");
         assert!(
@@ -520,9 +528,11 @@ fn unusable_proxy_values_are_usage_errors_that_withhold_the_value() {
         ),
     ] {
         let mut c = command(&sim, &Cloud::Aws);
+        let dir = tempfile::tempdir().unwrap();
         c.env("CODER_AGENT_URL", UNUSED_URL)
             .env("HTTP_PROXY", value)
-            .args(["--timeout", "1s"]);
+            .args(["--timeout", "1s", "--token-file"])
+            .arg(token_path(&dir, "t"));
         let r = run(c);
         assert_eq!(r.code, 2, "{value}: {r:?}");
         assert!(r.stderr.contains(says), "{}", r.stderr);
