@@ -276,7 +276,7 @@ impl CoderClient {
                 builder = builder.tls_certs_merge(certs);
             }
         } else if !route.proxy_uses_tls() {
-            // Plain http: no TLS is ever used, so don't load the OS trust store.
+            // Plain http and no https:// proxy: no TLS is ever used, so don't load the OS trust store.
             builder = builder.tls_backend_preconfigured(crate::tls::unused_tls_config());
         }
         let http = builder.build().map_err(|e| {

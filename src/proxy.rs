@@ -378,24 +378,32 @@ impl Route {
         matches!(self, Route::Proxy { .. })
     }
 
-    /// A note for error messages: the proxy in use, or why a proxy variable
-    /// that is set was not used; empty when no proxy variable applies.
-    /// Never holds credentials.
-    pub fn note(&self) -> String {
+    /// The way, in words (never with credentials): "through the proxy
+    /// HTTP_PROXY=http://proxy:3128/, ..." or "direct, ...".
+    pub fn describe(&self) -> String {
         match self {
             Route::Proxy { var, no_proxy, .. } => format!(
-                " (through the proxy {var}={}, NO_PROXY={no_proxy:?}; check the proxy, or add the Coder host to NO_PROXY)",
+                "through the proxy {var}={}, NO_PROXY={no_proxy:?}; check the proxy, or add the Coder host to NO_PROXY",
                 self.shown_proxy().unwrap_or_default(),
             ),
-            Route::Direct(Direct::Unset) => String::new(),
+            Route::Direct(Direct::Unset) => "direct: no proxy variable applies".to_string(),
             Route::Direct(Direct::Loopback { var }) => format!(
-                " (direct, not through {var}: localhost and loopback addresses are never proxied)"
+                "direct, not through {var}: localhost and loopback addresses are never proxied"
             ),
             Route::Direct(Direct::Excluded {
                 var,
                 no_proxy_var,
                 entry,
-            }) => format!(" (direct, not through {var}: {no_proxy_var} entry {entry:?} matches)"),
+            }) => format!("direct, not through {var}: {no_proxy_var} entry {entry:?} matches"),
+        }
+    }
+
+    /// A note for error messages: the proxy in use, or why a proxy variable
+    /// that is set was not used; empty when no proxy variable applies.
+    pub fn note(&self) -> String {
+        match self {
+            Route::Direct(Direct::Unset) => String::new(),
+            _ => format!(" ({})", self.describe()),
         }
     }
 
@@ -407,7 +415,7 @@ impl Route {
     ) -> Result<reqwest::ClientBuilder, ProxyError> {
         match self {
             Route::Direct(_) => {
-                tracing::debug!("requests to Coder go direct{}", self.note());
+                tracing::debug!("requests to Coder go {}", self.describe());
                 Ok(builder.no_proxy())
             }
             Route::Proxy { var, url, .. } => {
@@ -418,7 +426,7 @@ impl Route {
                          or add the Coder host to NO_PROXY"
                     ))
                 })?;
-                tracing::debug!("requests to Coder go{}", self.note());
+                tracing::debug!("requests to Coder go {}", self.describe());
                 Ok(builder.proxy(proxy))
             }
         }
