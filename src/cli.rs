@@ -30,6 +30,13 @@ Exit codes:
   127  the token was issued, but COMMAND was not found (it was removed after the check)
   129/130/143  interrupted by SIGHUP/SIGINT/SIGTERM (no token file is left behind)
 
+Proxies:
+  The requests to Coder (never those to the metadata service) go through HTTPS_PROXY or
+  HTTP_PROXY, by the Coder URL's scheme, else ALL_PROXY (each also in lower case). NO_PROXY
+  lists the hosts that go direct: *, names (example.com and its subdomains; .example.com and
+  *.example.com: subdomains only), addresses, CIDR ranges, each optionally with :PORT
+  ([v6]:PORT). localhost and loopback addresses are never proxied.
+
 Examples:
   coder-agent-auth --url https://coder.example.com --auth aws --agent-name main
   coder-agent-auth --auth gcp --token-file - | my-tool

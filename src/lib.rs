@@ -19,6 +19,7 @@ mod headers;
 mod inspect;
 mod logging;
 mod outcome;
+mod proxy;
 mod retry;
 mod secret;
 mod sink;

@@ -624,18 +624,20 @@ fn a_missing_exec_command_fails_before_any_request() {
 fn proxies_apply_to_coder_only_never_to_metadata() {
     let sim = start(Cloud::Aws, &["main"]);
     let mut c = command(&sim, &Cloud::Aws);
-    // A proxy that does not exist: metadata must not try it; Coder must.
-    c.env("HTTP_PROXY", "http://user:hunter2@127.0.0.1:9");
-    c.args(["--timeout", "1s"]);
+    // A proxy that does not exist: metadata must not try it; Coder must. A
+    // loopback Coder is never proxied, so Coder is at an address reached only
+    // through the proxy (tests/proxy.rs has the NO_PROXY forms).
+    c.env("CODER_AGENT_URL", "http://192.0.2.99:3000")
+        .env("HTTP_PROXY", "http://user:hunter2@127.0.0.1:9");
+    let dir = tempfile::tempdir().unwrap();
+    c.args(["--timeout", "1s", "--token-file"])
+        .arg(token_path(&dir, "t"));
     let r = run(c);
     assert_eq!(r.code, 6, "{r:?}");
     assert_eq!(metadata_requests(&sim).len(), 3, "metadata went direct");
     assert!(
-        coder_requests(&sim).is_empty(),
-        "Coder traffic went to the proxy"
-    );
-    assert!(
-        r.stderr.contains("proxy HTTP_PROXY=http://127.0.0.1:9/"),
+        r.stderr
+            .contains("through the proxy HTTP_PROXY=http://127.0.0.1:9/"),
         "{}",
         r.stderr
     );
@@ -643,15 +645,6 @@ fn proxies_apply_to_coder_only_never_to_metadata() {
         !r.stderr.contains("hunter2"),
         "proxy credentials are not shown"
     );
-
-    // NO_PROXY exempts the Coder host.
-    let mut c = command(&sim, &Cloud::Aws);
-    c.env("HTTP_PROXY", "http://127.0.0.1:9")
-        .env("NO_PROXY", "127.0.0.1");
-    let dir = tempfile::tempdir().unwrap();
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
-    assert_eq!(r.code, 0, "{r:?}");
 }
 
 #[test]

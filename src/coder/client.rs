@@ -16,6 +16,7 @@ use crate::cloud::http::{error_chain, Cause};
 use crate::cloud::Identity;
 use crate::headers::Headers;
 use crate::outcome::Failure;
+use crate::proxy::Route;
 use crate::secret::Secret;
 use crate::text::Redactor;
 
@@ -34,40 +35,8 @@ pub struct CoderClient {
     http: reqwest::Client,
     base: Url,
     headers: Headers,
-    /// Which proxy settings apply, added to transport errors (credentials removed).
-    proxy_note: String,
-}
-
-/// The proxy variables in effect for `url`, for error messages; userinfo is removed.
-fn proxy_note(url: &Url) -> String {
-    fn get(names: &[&'static str]) -> Option<(&'static str, String)> {
-        names.iter().find_map(|n| {
-            std::env::var(n)
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (*n, v))
-        })
-    }
-    let scheme_vars: &[&'static str] = if url.scheme() == "https" {
-        &["HTTPS_PROXY", "https_proxy"]
-    } else {
-        &["HTTP_PROXY", "http_proxy"]
-    };
-    let Some((name, value)) = get(scheme_vars).or_else(|| get(&["ALL_PROXY", "all_proxy"])) else {
-        return String::new();
-    };
-    let shown = match Url::parse(&value) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "(unparsable)".to_string(),
-    };
-    let no_proxy = get(&["NO_PROXY", "no_proxy"])
-        .map(|(_, v)| v)
-        .unwrap_or_default();
-    format!(" (through the proxy {name}={shown}, NO_PROXY={no_proxy:?}; check the proxy or add the Coder host to NO_PROXY)")
+    /// The proxy route [`crate::proxy`] decided, described in errors (credentials removed).
+    route: Route,
 }
 
 /// Same origin only, and at most [`MAX_REDIRECTS`] hops: more is a loop or a
@@ -101,7 +70,9 @@ fn redirect_policy(base: &Url) -> reqwest::redirect::Policy {
 
 impl CoderClient {
     pub fn new(base: &Url, headers: Headers, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder()
+        let route = crate::proxy::route_from_env(base)?;
+        let mut builder = route
+            .apply(reqwest::Client::builder())?
             .redirect(redirect_policy(base))
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -112,8 +83,8 @@ impl CoderClient {
             if let Some(certs) = extra {
                 builder = builder.tls_certs_merge(certs);
             }
-        } else {
-            // Plain http: no TLS is ever used, so don't load the OS trust store.
+        } else if !route.proxy_uses_tls() {
+            // Plain http and no https:// proxy: no TLS is ever used, so don't load the OS trust store.
             builder = builder.tls_backend_preconfigured(crate::tls::unused_tls_config());
         }
         let http = builder.build().map_err(|e| {
@@ -126,7 +97,7 @@ impl CoderClient {
             http,
             base: base.clone(),
             headers,
-            proxy_note: proxy_note(base),
+            route,
         })
     }
 
@@ -143,7 +114,7 @@ impl CoderClient {
             Cause::Timeout => format!("timed out: {}", error_chain(e)),
             other => other.to_string(),
         };
-        Failure::transient(format!("{request}: {doing}{cause}{}", self.proxy_note))
+        Failure::transient(format!("{request}: {doing}{cause}{}", self.route.note()))
     }
 
     /// Send one request with this attempt's headers; read at most `cap` bytes.
@@ -247,6 +218,12 @@ impl CoderClient {
             retry_after: r.retry_after,
             body: &r.body,
         };
+        // Through a proxy, the answer may be the proxy's own (502, 407): say so.
+        let via = if self.route.is_proxied() {
+            self.route.note()
+        } else {
+            String::new()
+        };
         let final_url = &r.final_url;
         classify(&answer, &redactor).map_err(|f| match f {
             Failure::Rejected(m) => {
@@ -256,13 +233,13 @@ impl CoderClient {
                     .filter(|_| (300..400).contains(&r.status))
                     .map(|l| format!(" (Location: {})", crate::text::excerpt(l, 200)))
                     .unwrap_or_default();
-                Failure::Rejected(format!("POST {final_url}: {m}{to}"))
+                Failure::Rejected(format!("POST {final_url}{via}: {m}{to}"))
             }
             Failure::Transient {
                 message,
                 retry_after,
             } => Failure::Transient {
-                message: format!("POST {final_url}: {message}"),
+                message: format!("POST {final_url}{via}: {message}"),
                 retry_after,
             },
             other => other,

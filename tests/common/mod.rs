@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod netns;
+
 #[allow(unused_imports)]
 pub use coder_agent_auth_sim::{
     CertKind, Cloud, Fault, FaultKind, Recorded, Sim, SimConfig, Target,

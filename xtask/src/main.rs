@@ -125,8 +125,8 @@ fn render(cmd: clap::Command, source: &str, is_main: bool) -> Result<Vec<u8>, St
     man.render_description_section(&mut out).map_err(err)?;
     man.render_options_section(&mut out).map_err(err)?;
     man.render_subcommands_section(&mut out).map_err(err)?;
-    // The after-help text ("Exit codes:", "Examples:") as proper EXIT STATUS and EXAMPLES
-    // sections; anything not in that shape is rendered as clap_mangen would.
+    // The after-help text ("Exit codes:", "Proxies:", "Examples:") as proper EXIT STATUS,
+    // ENVIRONMENT and EXAMPLES sections; anything not in that shape is rendered as clap_mangen would.
     match after_help.as_deref().map(after_help_sections) {
         Some(Some(roff)) => out.extend_from_slice(roff.as_bytes()),
         Some(None) => man.render_extra_section(&mut out).map_err(err)?,
@@ -172,8 +172,8 @@ fn roff_escape(text: &str) -> String {
     }
 }
 
-/// Renders an after-help made of "Exit codes:" (lines "  CODE  meaning") and "Examples:"
-/// (one command per line) blocks. `None` when the text has another shape.
+/// Renders an after-help made of "Exit codes:" (lines "  CODE  meaning"), "Proxies:" (a
+/// paragraph) and "Examples:" (one command per line) blocks. `None` when the text has another shape.
 fn after_help_sections(text: &str) -> Option<String> {
     let mut roff = String::new();
     let mut block: Option<&str> = None;
@@ -185,6 +185,7 @@ fn after_help_sections(text: &str) -> Option<String> {
         if !line.starts_with(' ') {
             match trimmed {
                 "Exit codes:" => roff.push_str(".SH \"EXIT STATUS\"\n"),
+                "Proxies:" => roff.push_str(".SH ENVIRONMENT\n.PP\n"),
                 "Examples:" => roff.push_str(".SH EXAMPLES\n"),
                 _ => return None,
             }
@@ -199,6 +200,10 @@ fn after_help_sections(text: &str) -> Option<String> {
                     roff_escape(code),
                     roff_escape(meaning.trim())
                 ));
+            }
+            "Proxies:" => {
+                roff.push_str(&roff_escape(trimmed));
+                roff.push('\n');
             }
             _ => roff.push_str(&format!(
                 ".PP\n.nf\n.RS 4\n{}\n.RE\n.fi\n",
@@ -296,6 +301,13 @@ mod tests {
             "CODER_AGENT_TOKEN_FILE",
         ] {
             assert!(text.contains(var), "{var} missing");
+        }
+        let env = text
+            .split(".SH ENVIRONMENT\n")
+            .nth(1)
+            .expect("no ENVIRONMENT section");
+        for var in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"] {
+            assert!(env.contains(var), "{var} missing from ENVIRONMENT");
         }
     }
 
