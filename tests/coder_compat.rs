@@ -272,7 +272,9 @@ fn a_server_that_ignores_names_is_refused_before_anything_is_sent() {
     assert_eq!(v["coder_version"], "v2.32.1+b6e1a2c");
     // Without a name, an old server is fine for a single-agent VM.
     let sim = versioned("v2.32.1", &["main"]);
-    let r = run(command(&sim, &Cloud::Aws));
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(token_path(&dir, "single"));
+    let r = run(c);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         all_coder_requests(&sim).iter().all(|r| r.method == "POST"),
