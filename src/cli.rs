@@ -636,7 +636,15 @@ mod tests {
 
     #[test]
     fn urls_with_credentials_are_refused() {
-        assert!(parse_http_url("https://u:p@coder.example.com", "--url").is_err());
+        for with_credentials in [
+            "https://u:p@coder.example.com",
+            "https://user@coder.example.com",
+            "https://:secret@coder.example.com",
+        ] {
+            let e = parse_http_url(with_credentials, "--url").unwrap_err();
+            assert!(e.contains("carries credentials"), "{with_credentials}: {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
         assert!(parse_http_url("https://coder.example.com/", "--url").is_ok());
     }
 

@@ -169,6 +169,10 @@ fn usage_errors_exit_2() {
         (&["--header", "no-colon"], "--header"),
         (&["--header", "X-A: b\u{7}"], "--header"),
         (&["--url", "ftp://x"], "scheme"),
+        (
+            &["--url", "https://user@coder.example.com"],
+            "carries credentials",
+        ),
     ];
     for (args, want) in cases {
         let mut c = command(&sim, &Cloud::Aws);
@@ -176,6 +180,8 @@ fn usage_errors_exit_2() {
         let r = run(c);
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
         assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+        // Text on stderr only: stdout is for the token and the names (JSON only with --json).
+        assert_eq!(r.stdout, "", "{args:?}");
     }
     let mut c = command(&sim, &Cloud::Aws);
     c.env_remove("CODER_AGENT_URL");
@@ -439,6 +445,47 @@ fn rejections_exit_4_at_once_with_the_servers_words() {
         assert!(r.stderr.contains(want), "{status}: {}", r.stderr);
         assert_eq!(coder_requests(&sim).len(), 1, "{status}: no retry");
         assert!(!token_path(&dir, "t").exists());
+    }
+}
+
+#[test]
+fn answers_that_are_not_coders_exit_4_with_their_fix() {
+    // A Coder-style JSON 404 from another route (--url with a path, or another
+    // service), and a proxy's own 400 page: refused at once, each with its fix.
+    let answers = [
+        (
+            404,
+            "application/json",
+            r#"{"message":"Route not found."}"#,
+            "fix: this is not an instance-identity answer; check that --url is the Coder \
+             deployment's address (not a path below it or another service)",
+        ),
+        (
+            400,
+            "text/html",
+            "<html><body><h1>400 Bad Request</h1>Request Header Or Cookie Too Large</body></html>",
+            "fix: a proxy in front of Coder refused the request; check --url and --header",
+        ),
+    ];
+    for (status, ct, answer, fix) in answers {
+        let mut cfg = SimConfig::new(Cloud::Gcp, &["main"]);
+        cfg.faults = vec![Fault::coder(
+            FaultKind::Status {
+                status,
+                content_type: ct.into(),
+                body: answer.into(),
+            },
+            1,
+        )];
+        let sim = Sim::start(cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = command(&sim, &Cloud::Gcp);
+        c.arg("--token-file").arg(token_path(&dir, "t"));
+        let r = run(c);
+        assert_eq!(r.code, 4, "{status}: {r:?}");
+        assert!(r.stderr.contains(fix), "{status}: {}", r.stderr);
+        assert_eq!(coder_requests(&sim).len(), 1, "{status}: no retry");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
 

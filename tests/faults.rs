@@ -367,6 +367,12 @@ fn redirects_are_followed_only_within_the_origin() {
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("redirect"), "{}", r.stderr);
     assert!(
+        r.stderr
+            .contains("fix: set --url to the deployment's final address"),
+        "{}",
+        r.stderr
+    );
+    assert!(
         r.stderr.contains(&other.coder_url()),
         "the Location is shown: {}",
         r.stderr

@@ -487,10 +487,24 @@ mod tests {
                 500,
                 br#"{"message":"x","Session_Token":"8f0e1c2d-7a3b-4c5d"}"#,
             ),
+            // Cut short, so not JSON, and "session" spelled only with an escape.
+            (502, br#"{"\u0073ession_token":"8f0e1c2d-7a3b-4c5d""#),
         ] {
             let text = format!("{:?}", c(status, body));
             assert!(!text.contains("8f0e1c2d"), "{status}: {text}");
         }
+        // A 409 that carries a token: the names are listed, the body is not shown.
+        let body = br#"{"message":"Set CODER_AGENT_NAME to one of: a, b","session_token":"8f0e1c2d-7a3b-4c5d"}"#;
+        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+            panic!()
+        };
+        assert_eq!(a.names, ["a", "b"]);
+        assert!(
+            a.message
+                .contains("body withheld because it carries a session token"),
+            "{}",
+            a.message
+        );
         let body =
             br#"{"message":"No agent found with instance ID \"i-1\" and name \"session-main\"."}"#;
         let Err(Failure::Rejected(m)) = c(404, body) else {
@@ -623,6 +637,60 @@ mod tests {
             m.contains("fix: set --url to the deployment's final address"),
             "{m}"
         );
+    }
+
+    /// Each refusal that has a specific fix prints that fix, word for word.
+    #[test]
+    fn each_refusal_carries_its_own_fix() {
+        let html = |status| Answer {
+            status,
+            content_type: Some("text/html"),
+            retry_after: None,
+            body: b"<html>nope</html>",
+        };
+        let cases: &[(Answer, &str)] = &[
+            (
+                answer(404, br#"{"message":"No agent found with instance ID \"i-1\" and name \"x\"."}"#),
+                "fix: agent names match exactly and case-sensitively; use the name of a coder_agent on \
+                 this instance (run without --agent-name to list them)",
+            ),
+            (
+                answer(401, br#"{"message":"Invalid AWS identity."}"#),
+                "fix: check that the template uses the matching *-instance-identity auth and that this \
+                 VM belongs to the workspace",
+            ),
+            (
+                answer(403, br#"{"message":"Forbidden."}"#),
+                "fix: check that the template uses the matching *-instance-identity auth",
+            ),
+            (
+                answer(400, br#"{"message":"Validation failed."}"#),
+                "fix: this is likely a client/server version mismatch; report it with `-v` output",
+            ),
+            (
+                answer(404, br#"{"message":"Route not found."}"#),
+                "fix: this is not an instance-identity answer; check that --url is the Coder \
+                 deployment's address (not a path below it or another service)",
+            ),
+            (
+                html(400),
+                "fix: a proxy in front of Coder refused the request; check --url and --header",
+            ),
+            (
+                answer(301, b""),
+                "fix: set --url to the deployment's final address",
+            ),
+            (
+                answer(308, b""),
+                "fix: set --url to the deployment's final address",
+            ),
+        ];
+        for (a, fix) in cases {
+            let Err(Failure::Rejected(m)) = classify(a, &Redactor::new()) else {
+                panic!("{}: {:?}", a.status, classify(a, &Redactor::new()))
+            };
+            assert!(m.contains(fix), "{}: {m}", a.status);
+        }
     }
 
     #[test]
