@@ -594,6 +594,12 @@ mod tests {
         ] {
             assert!(normalize_agent_name(Some(bad)).is_err(), "{bad:?}");
         }
+        // Coder's column holds 64 bytes: 64 is a name, 65 is not.
+        let longest = "x".repeat(AGENT_NAME_MAX);
+        assert_eq!(
+            normalize_agent_name(Some(&longest)).unwrap(),
+            Some(longest.clone())
+        );
         let e = normalize_agent_name(Some("a\nb")).unwrap_err();
         assert!(e.contains("a\\nb"), "escaped in the message: {e}");
     }
@@ -610,6 +616,9 @@ mod tests {
             ("azure-instance-identity", Some("azure")),
             ("auto", None),
             (" auto ", None),
+            // An empty CODER_AGENT_AUTH= (as env files write an unset value) means auto.
+            ("", None),
+            ("  ", None),
         ];
         for (raw, want) in cases {
             assert_eq!(parse_auth(raw).unwrap().map(|c| c.id()), want, "{raw}");
@@ -617,7 +626,14 @@ mod tests {
         assert!(parse_auth("token")
             .unwrap_err()
             .contains("needs no exchange"));
-        assert!(parse_auth("oracle").is_err());
+        let e = parse_auth("oracle").unwrap_err();
+        assert!(
+            e.contains(
+                "use auto, azure-instance-identity (azure), google-instance-identity (gcp, google), \
+                 aws-instance-identity (aws)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -289,6 +289,73 @@ mod tests {
         assert_eq!(Instant::now(), start, "no waiting");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_zero_still_waits_a_little() {
+        // "Retry-After: 0" from every server of a fleet must not make every VM
+        // call back at the same instant.
+        let p = Policy::new(Some(Duration::from_secs(60)));
+        let start = Instant::now();
+        let calls = Cell::new(0);
+        let r = p
+            .run("t", || async {
+                calls.set(calls.get() + 1);
+                if calls.get() == 1 {
+                    Err(Failure::Transient {
+                        message: "429".into(),
+                        retry_after: Some(Duration::ZERO),
+                    })
+                } else {
+                    Ok(1)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 1);
+        let waited = Instant::now() - start;
+        assert!(waited >= MIN_DELAY, "{waited:?}");
+        assert!(waited < 2 * MIN_DELAY + MIN_DELAY, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_retry_after_is_not_blamed_for_the_deadline() {
+        // The server asks for 1 s each time; what ends the run is our own
+        // backoff growing past the deadline, and the message says so.
+        let p = Policy::new(Some(Duration::from_secs(10)));
+        let r: Result<(), Failure> = p
+            .run("t", || async {
+                Err(Failure::Transient {
+                    message: "429".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                })
+            })
+            .await;
+        let Err(Failure::Timeout { why, last }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(last, "429");
+        assert!(why.contains("would start after the deadline"), "{why}");
+        assert!(!why.contains("asked to be called again"), "{why}");
+    }
+
+    #[test]
+    fn jitter_spreads_within_its_bound() {
+        let max = Duration::from_secs(1);
+        let draws: Vec<Duration> = (0..200).map(|_| jitter(max)).collect();
+        assert!(draws.iter().all(|d| *d < max), "{draws:?}");
+        // Uniform over [0, 1 s): some in each half (a failure here has odds of 2^-199).
+        assert!(draws.iter().any(|d| *d < max / 2), "{draws:?}");
+        assert!(draws.iter().any(|d| *d >= max / 2), "{draws:?}");
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn human_durations_at_each_boundary() {
+        assert_eq!(human(Duration::from_millis(999)), "999 ms");
+        assert_eq!(human(Duration::from_secs(1)), "1.0 s");
+        assert_eq!(human(Duration::from_millis(119_900)), "119.9 s");
+        assert_eq!(human(Duration::from_secs(120)), "2m 0s");
+        assert_eq!(human(Duration::from_secs(3725)), "62m 5s");
+    }
+
     #[test]
     fn our_delays_start_quick_and_are_capped() {
         let mut d = Policy::new(None).delays();
