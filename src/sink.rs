@@ -659,6 +659,21 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_removed_since_the_check_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/main.token");
+        precheck(&path).unwrap();
+        fs::remove_dir(dir.path().join("run")).unwrap();
+        write_atomic(&path, &Secret::new("tok")).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "tok\n");
+        let mode = fs::metadata(dir.path().join("run"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
     fn a_symlink_is_refused_never_followed_nor_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");

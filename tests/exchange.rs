@@ -538,6 +538,61 @@ fn unusable_answers_exit_4_and_store_nothing() {
     }
 }
 
+/// Each provider's own refusals name what went wrong and the fix.
+#[test]
+fn metadata_refusals_carry_the_providers_fix() {
+    let status = |status: u16, body: &str| FaultKind::Status {
+        status,
+        content_type: "text/plain".into(),
+        body: body.into(),
+    };
+    let cases = [
+        (
+            Cloud::Aws,
+            Fault::metadata(status(403, "Forbidden"), 100).on_path("/latest/api/token"),
+            5,
+            "the instance metadata service is disabled for this instance; enable it \
+             (aws ec2 modify-instance-metadata-options --http-endpoint enabled) or use another --auth",
+        ),
+        (
+            Cloud::Aws,
+            Fault::metadata(status(404, "Not Found"), 100).on_path("/instance-identity/document"),
+            5,
+            "AWS instance identity document",
+        ),
+        (
+            Cloud::Aws,
+            Fault::metadata(status(404, "Not Found"), 100).on_path("/instance-identity/signature"),
+            5,
+            "this metadata service has no instance identity; is this an EC2 instance?",
+        ),
+        (
+            Cloud::Aws,
+            Fault::metadata(status(200, ""), 100).on_path("/instance-identity/signature"),
+            5,
+            "the metadata service returned an empty document or signature; this is not a genuine IMDS",
+        ),
+        (
+            Cloud::Gcp,
+            Fault::metadata(status(404, "Not Found"), 100).on_path("/identity"),
+            5,
+            "the VM has no default service account, so it cannot mint identity tokens; attach a \
+             service account to the instance",
+        ),
+    ];
+    for (cloud, fault, code, want) in cases {
+        let mut cfg = SimConfig::new(cloud, &["main"]);
+        cfg.faults = vec![fault];
+        let sim = Sim::start(cfg);
+        let mut c = command(&sim, &cloud);
+        c.args(["--timeout", "3s"]);
+        let r = run(c);
+        assert_eq!(r.code, code, "{cloud:?} {want}: {r:?}");
+        assert!(r.stderr.contains(want), "{cloud:?}: {}", r.stderr);
+        assert!(coder_requests(&sim).is_empty(), "{cloud:?}: {want}");
+    }
+}
+
 #[test]
 fn metadata_refusal_exits_5() {
     let mut cfg = SimConfig::new(Cloud::Gcp, &["main"]);

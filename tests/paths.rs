@@ -478,6 +478,28 @@ fn aged(p: &Path, age: Duration) {
     f.set_modified(SystemTime::now() - age).unwrap();
 }
 
+/// Age whatever is at `p` (a FIFO, a symlink itself) without opening it.
+fn aged_in_place(p: &Path, age: Duration) {
+    let secs = (SystemTime::now() - age)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as libc::time_t;
+    let t = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [t, t].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat {}", p.display());
+}
+
 #[test]
 fn stale_temporary_files_of_this_token_are_removed() {
     let sim = start(Cloud::Aws, &["main"]);
@@ -512,6 +534,14 @@ fn stale_temporary_files_of_this_token_are_removed() {
     ];
     let a_dir = d.join(format!(".t.token.tmp-{dead}-eeeeeeeeeeee"));
     fs::create_dir(&a_dir).unwrap();
+    aged_in_place(&a_dir, hour);
+    // Only regular files: an old FIFO or symlink of that name is not ours to remove.
+    let a_fifo = d.join(format!(".t.token.tmp-{dead}-0a0a0a0a0a0a"));
+    mkfifo(&a_fifo);
+    aged_in_place(&a_fifo, hour);
+    let a_link = d.join(format!(".t.token.tmp-{dead}-0b0b0b0b0b0b"));
+    symlink(&gone[0], &a_link).unwrap();
+    aged_in_place(&a_link, hour);
     let mut theirs = None;
     if is_root() {
         let p = file(&format!(".t.token.tmp-{dead}-ffffffffffff"), hour);
@@ -526,9 +556,10 @@ fn stale_temporary_files_of_this_token_are_removed() {
     for p in &gone {
         assert!(!p.exists(), "stale {} was not removed", p.display());
     }
-    for p in kept.iter().chain(theirs.iter()).chain([&a_dir]) {
+    for p in kept.iter().chain(theirs.iter()).chain([&a_dir, &a_fifo]) {
         assert!(p.exists(), "{} was removed", p.display());
     }
+    assert!(a_link.symlink_metadata().is_ok(), "the symlink was removed");
     assert_eq!(
         fs::read_to_string(d.join("t.token")).unwrap().trim(),
         issued(&sim, "main")

@@ -116,7 +116,9 @@ fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_w
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
-    // The default path under /run is root's: a clear exit 7 with the fix.
+    // The default path under /run is root's: a clear exit 7 with the fix,
+    // found before the exchange (no token is issued for nothing).
+    let posts = coder_requests(&sim).len();
     let mut c = command(&sim, &Cloud::Gcp);
     c.arg("--token-file")
         .arg(base.path().join("root-owned.token"));
@@ -136,4 +138,5 @@ fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_w
         r.stderr
     );
     assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    assert_eq!(coder_requests(&sim).len(), posts, "nothing was sent");
 }

@@ -353,6 +353,9 @@ mod tests {
         assert!(!is_ec2_uuid("12345678-DCD1-B213-94ED-012345ABCDEF"));
         assert!(!is_ec2_uuid("00000000-0000"));
         assert!(!is_ec2_uuid("zz"));
+        // A short first group is not a byte-swapped UUID (and never sliced past its end).
+        assert!(!is_ec2_uuid("2ae-1234"));
+        assert!(!is_ec2_uuid("c2ae-dcd1"));
     }
 
     #[test]

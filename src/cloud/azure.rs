@@ -290,4 +290,26 @@ mod tests {
         }
         assert!(extract_content("!!!").is_err());
     }
+
+    #[test]
+    fn der_lengths_short_and_long_up_to_four_bytes() {
+        let (tlv, rest) = der::read(&[0x04, 0x02, 0xaa, 0xbb, 0xcc]).unwrap();
+        assert_eq!(
+            (tlv.tag, tlv.content, rest),
+            (0x04, &[0xaa, 0xbb][..], &[0xcc][..])
+        );
+        // 0x81..=0x84: the length in 1 to 4 bytes, big-endian.
+        let mut long = vec![0x04, 0x82, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(0x5a, 256));
+        assert_eq!(der::read(&long).unwrap().0.content.len(), 256);
+        let (tlv, _) = der::read(&[0x04, 0x84, 0, 0, 0, 1, 0xaa]).unwrap();
+        assert_eq!(tlv.content, [0xaa]);
+        // 0x80 (BER's indefinite length) and 5 length bytes are not DER here.
+        let mut indefinite = vec![0x04, 0x80];
+        indefinite.extend(std::iter::repeat_n(0, 200));
+        assert!(der::read(&indefinite).is_err());
+        assert!(der::read(&[0x04, 0x85, 0, 0, 0, 0, 1, 0xaa]).is_err());
+        assert!(der::read(&[0x1f, 0x01, 0x00]).is_err(), "multi-byte tag");
+        assert!(der::read(&[0x04, 0x03, 0xaa]).is_err(), "truncated");
+    }
 }
