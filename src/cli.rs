@@ -420,8 +420,8 @@ fn parse_http_url(raw: &str, what: &str) -> Result<Url, String> {
         ));
     }
     match url.scheme() {
-        "http" | "https" if url.host().is_some() => Ok(url),
-        "http" | "https" => Err(format!("{what} {raw:?} has no host")),
+        // An http(s) URL always has a host: without one it does not parse.
+        "http" | "https" => Ok(url),
         other => Err(format!(
             "{what} {raw:?} uses the scheme {other:?}; only http and https are supported"
         )),
@@ -662,6 +662,10 @@ mod tests {
             assert!(!e.contains("secret"), "{e}");
         }
         assert!(parse_http_url("https://coder.example.com/", "--url").is_ok());
+        for no_host in ["http://", "https://:443/", "http:"] {
+            let e = parse_http_url(no_host, "--url").unwrap_err();
+            assert!(e.contains("is not a valid URL"), "{no_host}: {e}");
+        }
     }
 
     #[test]
