@@ -766,6 +766,143 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_dates_across_months_leap_days_and_eras() {
+        // Each date 60 s after `now`, so the cap of a day never hides an error.
+        let at = |secs: u64, date: &str| {
+            let now = std::time::UNIX_EPOCH + Duration::from_secs(secs - 60);
+            assert_eq!(
+                parse_retry_after(date, now),
+                Some(Duration::from_secs(60)),
+                "{date}"
+            );
+        };
+        at(949_276_800, "Mon, 31 Jan 2000 00:00:00 GMT");
+        at(951_868_799, "Tue, 29 Feb 2000 23:59:59 GMT");
+        at(951_868_800, "Tue, 29 Feb 2000 23:59:60 GMT"); // a leap second
+        at(951_868_800, "Wed, 01 Mar 2000 00:00:00 GMT");
+        at(4_107_499_200, "Sun, 28 Feb 2100 12:00:00 GMT");
+        at(13_569_465_599, "Fri, 31 Dec 2399 23:59:59 GMT");
+        at(13_574_649_600, "Wed, 01 Mar 2400 00:00:00 GMT");
+        let now = std::time::UNIX_EPOCH;
+        for junk in [
+            "Mon, 00 Jan 2000 00:00:00 GMT",
+            "Mon, 32 Jan 2000 00:00:00 GMT",
+            "Mon, 31 Jan 2000 24:00:00 GMT",
+            "Mon, 31 Jan 2000 00:60:00 GMT",
+            "Mon, 31 Jan 2000 00:00:61 GMT",
+            "Mon, 31 Jan 2000 00:00:00 UTC",
+            "Mon, 31 Jan 2000 00:00:00 GMT extra",
+            "Mon, 31 Foo 2000 00:00:00 GMT",
+            "Mon, 31 Jan 2000 00:00 GMT",
+            "Mon, 31 Jan 2000 00:00:00:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn what_a_token_is_refused_for_is_said() {
+        let longest = format!("{{\"session_token\":\"{}\"}}", "a".repeat(TOKEN_MAX));
+        assert!(
+            c(200, longest.as_bytes()).is_ok(),
+            "{TOKEN_MAX} bytes is a token"
+        );
+        for (body, what) in [
+            (&br#"{"session_token":"a\nb"}"#[..], "contains a line break"),
+            (br#"{"session_token":"a\u0000b"}"#, "contains a NUL byte"),
+            (
+                br#"{"session_token":"a\u001b[31mb"}"#,
+                "contains an escape sequence",
+            ),
+            (
+                br#"{"session_token":"a\u0007b"}"#,
+                "contains the control character U+0007",
+            ),
+            (
+                br#"{"session_token":"a\u007fb"}"#,
+                "contains the control character U+007F",
+            ),
+            (
+                "{\"session_token\":\"caf\u{e9}\"}".as_bytes(),
+                "contains the non-ASCII character U+00E9",
+            ),
+        ] {
+            let Err(Failure::Rejected(m)) = c(200, body) else {
+                panic!("{what}")
+            };
+            assert!(m.contains(what), "{m}");
+            assert!(m.contains("which is not a Coder token"), "{m}");
+        }
+    }
+
+    #[test]
+    fn server_errors_read_as_coder_writes_them() {
+        let e = |body: &str| {
+            serde_json::from_str::<ServerError>(body)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(e(r#"{"message":"Forbidden."}"#), "Forbidden.");
+        assert_eq!(e(r#"{"message":"M","detail":"d"}"#), "M (detail: d)");
+        assert_eq!(
+            e(
+                r#"{"message":"M","validations":[{"field":"f","detail":"x"},{"field":"g","detail":"y"}]}"#
+            ),
+            "M; f: x; g: y"
+        );
+        assert_eq!(e(r#"{"detail":"d"}"#), "(no message) (detail: d)");
+        // With no message, the body is described instead.
+        let Err(Failure::Rejected(m)) = c(403, br#"{"detail":"d"}"#) else {
+            panic!()
+        };
+        assert!(
+            m.contains("application/json, body starts: {\"detail\":\"d\"}"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn conflict_notes_only_what_happened() {
+        let Err(Failure::Ambiguous(a)) = c(409, br#"{"message":"one of: dev, main"}"#) else {
+            panic!()
+        };
+        assert_eq!(a.names, ["dev", "main"]);
+        assert!(a.notes.is_empty(), "{:?}", a.notes);
+        // 64 bytes is a name; 65 is not, and is left out with a note.
+        let (ok, long) = ("n".repeat(NAME_MAX), "l".repeat(NAME_MAX + 1));
+        let body = serde_json::json!({ "message": format!("one of: {ok}, {long}") }).to_string();
+        let Err(Failure::Ambiguous(a)) = c(409, body.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(a.names, [ok]);
+        assert_eq!(
+            a.notes,
+            ["1 name(s) longer than 64 bytes were left out: no Coder agent can have them"]
+        );
+        // An empty structured list says nothing: the message's names count.
+        let Err(Failure::Ambiguous(a)) = c(409, br#"{"message":"one of: a, b","agents":[]}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(a.names, ["a", "b"]);
+        // A structured list is trimmed, and blank entries are no names.
+        let Err(Failure::Ambiguous(a)) = c(409, br#"{"message":"x","candidates":[" b ","","a"]}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(a.names, ["a", "b"]);
+    }
+
+    #[test]
+    fn candidates_are_sorted_and_unique() {
+        let err: ServerError =
+            serde_json::from_str(r#"{"message":"one of: main, dev, main, Dev"}"#).unwrap();
+        assert_eq!(parse_candidates(&err), ["Dev", "dev", "main"]);
+        let err: ServerError = serde_json::from_str(r#"{"message":"nothing to list"}"#).unwrap();
+        assert!(parse_candidates(&err).is_empty());
+    }
+
+    #[test]
     fn names_from_message() {
         assert_eq!(
             parse_names_from_message("Set CODER_AGENT_NAME to one of: a, b."),
