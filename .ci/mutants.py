@@ -236,7 +236,7 @@ def main():
 
     started = time.monotonic()
     rc, stopped = run_bounded(
-        ["--output", str(out), "--no-shuffle", *scope, *exclude, *select, *a.extra],
+        ["--output", str(out), *scope, *exclude, *select, *a.extra],
         a.time_limit or None,
     )
     took = time.monotonic() - started
