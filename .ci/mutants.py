@@ -40,6 +40,8 @@ CARGO_MUTANTS_VERSION = "27.1.0"
 CARGO_NEXTEST_VERSION = "0.9.143"
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = ROOT / ".ci" / "mutants-equivalent.txt"
+# cargo-mutants options that leave some of the scope out.
+NARROWING = {"-f", "--file", "-e", "--exclude", "-F", "--re", "-E", "--exclude-re", "--shard", "-D", "--in-diff"}
 # "src/sink.rs:174:20: replace == with != in check_executable"
 NAME = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<what>.+)$")
 
@@ -188,13 +190,23 @@ def main():
     p.add_argument("--in-diff", metavar="REV", help="only mutants on lines changed between REV and HEAD")
     p.add_argument("--max", type=int, default=0, help="test at most N mutants (a slice chosen from HEAD's hash)")
     p.add_argument("--time-limit", type=int, default=0, help="stop cargo-mutants after SECONDS")
-    p.add_argument("--output", metavar="DIR", help="keep cargo-mutants' mutants.out here")
+    p.add_argument(
+        "--output", metavar="DIR", default=str(ROOT / "target" / "mutants"),
+        help="where cargo-mutants writes mutants.out (default: target/mutants)",
+    )
     p.add_argument("extra", nargs="*", help="options for cargo mutants, after --")
     a = p.parse_args()
 
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="mutants-"))
-    out = Path(a.output).resolve() if a.output else work
+    try:
+        return run(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(a, work):
+    out = Path(a.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     scope = []
     if a.in_diff:
@@ -216,7 +228,13 @@ def main():
     equivalent, stale = match_equivalent(read_equivalent(), listed)
     to_run = [n for n in listed if n not in equivalent]
     say(f"{len(listed)} mutant(s) in scope, {len(equivalent)} recorded as equivalent, {len(to_run)} to test")
-    if not a.in_diff and not a.extra and stale:
+    # Only a run over the whole scope can tell that a recorded mutant is gone.
+    narrowed = (
+        a.in_diff
+        or a.max
+        or any(x.split("=")[0] in NARROWING or (x[:2] in NARROWING) for x in a.extra)
+    )
+    if not narrowed and stale:
         for name, n in stale:
             say(f"{EQUIVALENT.name}:{n}: no such mutant any more: {name}")
     if not to_run:
@@ -257,14 +275,14 @@ def main():
             say("  " + n)
         say(
             "\nEach one is a change to the product that the tests let through. Add a test that fails\n"
-            "on it (see the mutation in mutants.out/diff/), or, if nobody could ever see the\n"
+            f"on it (the mutation is in {out}/mutants.out/diff/), or, if nobody could ever see the\n"
             f"difference, record it in {EQUIVALENT.relative_to(ROOT)} with the reason."
         )
         return 1
     if rc not in (0, 2, 3) and not stopped:
         say(f"cargo mutants failed (exit {rc}); see {out}/mutants.out/log/")
         return 2
-    if stale and not a.in_diff and not a.extra:
+    if stale and not narrowed:
         return 2
     return 0
 
