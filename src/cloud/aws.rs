@@ -358,6 +358,37 @@ mod tests {
         assert!(!is_ec2_uuid("c2ae-dcd1"));
     }
 
+    /// What each DMI file must say for AWS to decide.
+    fn decides(file: &str, value: &str) -> bool {
+        let s = SIGNALS.iter().find(|s| s.file.ends_with(file)).unwrap();
+        (s.decides)(value)
+    }
+
+    #[test]
+    fn dmi_values_that_decide() {
+        assert!(decides("hypervisor/uuid", "EC2a1b2c3-0000"));
+        assert!(!decides("hypervisor/uuid", "a1b2c3-ec2"));
+        assert!(decides("board_asset_tag", "i-0abc123def4567890"));
+        assert!(!decides("board_asset_tag", "Default string"));
+        for file in ["sys_vendor", "bios_vendor"] {
+            assert!(decides(file, "Amazon EC2"), "{file}");
+            assert!(!decides(file, "Amazon"), "{file}");
+            assert!(!decides(file, "Xen"), "{file}");
+        }
+    }
+
+    #[test]
+    fn endpoint_modes() {
+        let url = |mode: &'static str| {
+            Aws.endpoint(&env(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", mode)]))
+                .map(|u| u.to_string())
+        };
+        assert_eq!(url(" IPv4 ").unwrap(), "http://169.254.169.254/");
+        assert_eq!(url("ipv6").unwrap(), "http://[fd00:ec2::254]/");
+        let e = url("dual").unwrap_err();
+        assert!(e.contains("\"dual\" is not IPv4 or IPv6"), "{e}");
+    }
+
     #[test]
     fn disabled_only_by_true() {
         assert!(Aws

@@ -292,6 +292,14 @@ mod tests {
     }
 
     #[test]
+    fn only_azures_asset_tag_decides() {
+        let decides = SIGNALS[0].decides;
+        assert!(decides("7783-7084-3265-9085-8269-3286-77"));
+        assert!(!decides("7783-7084-3265-9085-8269-3286-78"));
+        assert!(!decides("Microsoft Corporation"));
+    }
+
+    #[test]
     fn der_lengths_short_and_long_up_to_four_bytes() {
         let (tlv, rest) = der::read(&[0x04, 0x02, 0xaa, 0xbb, 0xcc]).unwrap();
         assert_eq!(

@@ -200,6 +200,20 @@ mod tests {
     }
 
     #[test]
+    fn dmi_values_that_decide() {
+        let decides = |file: &str, value: &str| {
+            let s = SIGNALS.iter().find(|s| s.file.ends_with(file)).unwrap();
+            (s.decides)(value)
+        };
+        assert!(decides("product_name", "Google Compute Engine"));
+        assert!(decides("product_name", "Google"));
+        assert!(!decides("product_name", "Google Cloud"));
+        assert!(!decides("product_name", "HVM domU"));
+        assert!(decides("product_serial", "GoogleCloud-8A3C1E2B"));
+        assert!(!decides("product_serial", "VMware-42"));
+    }
+
+    #[test]
     fn junk_is_an_error_not_a_panic() {
         for j in [
             "",
