@@ -328,6 +328,59 @@ fn development_builds_and_unreadable_versions_are_not_refusals() {
     );
 }
 
+/// The version read as `coder-agent-auth` does it: only a 200's body counts
+/// (up to 64 KiB), and a 429 or 5xx is retried like the exchange.
+#[test]
+fn the_version_is_read_from_a_200_only_and_retried_when_busy() {
+    let buildinfo = |status: u16, body: String, times: usize| {
+        Fault::coder(
+            FaultKind::Status {
+                status,
+                content_type: "application/json".into(),
+                body,
+            },
+            times,
+        )
+        .on_path("buildinfo")
+    };
+    let old = r#"{"version":"v2.32.1+b6e1a2c"}"#.to_string();
+    // A 40 KiB answer (a long upgrade message) is still read.
+    let long = serde_json::json!({"version": "v2.32.1", "upgrade_message": "x".repeat(40 * 1024)})
+        .to_string();
+    let cases = [
+        (vec![buildinfo(200, long, 1)], 4, 1),
+        // Busy, then the answer: the refusal comes after the retries.
+        (vec![buildinfo(503, "{}".into(), 2)], 4, 3),
+        (vec![buildinfo(429, "{}".into(), 1)], 4, 2),
+        // A version in an answer that is not a 200 is not believed: on we go.
+        (vec![buildinfo(404, old.clone(), 1)], 0, 1),
+    ];
+    for (faults, code, reads) in cases {
+        // Every answer of this simulator says v2.33.4 in its header, but the
+        // faults' answers carry no header: what they say is all there is.
+        let mut cfg = SimConfig::new(Cloud::Aws, &["main", "dev"]);
+        cfg.coder_version = if code == 4 { "v2.32.1" } else { "v2.33.4" }.into();
+        cfg.faults = faults;
+        let sim = Sim::start(cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = command(&sim, &Cloud::Aws);
+        c.args(["--agent-name", "main", "--timeout", "30s"])
+            .arg("--token-file")
+            .arg(token_path(&dir, "t"));
+        let r = run(c);
+        assert_eq!(r.code, code, "{r:?}");
+        if code == 4 {
+            assert!(r.stderr.contains("ignores agent names"), "{}", r.stderr);
+            assert!(coder_requests(&sim).is_empty(), "no identity was sent");
+        }
+        let version_reads = all_coder_requests(&sim)
+            .iter()
+            .filter(|r| r.path == "/api/v2/buildinfo")
+            .count();
+        assert_eq!(version_reads, reads, "{r:?}");
+    }
+}
+
 #[test]
 fn repeated_names_from_v2_33_0_to_v2_33_3_are_explained() {
     let sim = versioned("v2.33.2", &["main", "dev"]);
