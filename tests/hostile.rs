@@ -243,6 +243,38 @@ fn a_huge_answer_costs_neither_memory_nor_retries() {
 }
 
 #[test]
+fn an_answer_of_exactly_the_cap_is_read_and_one_byte_more_is_not() {
+    // A 409 padded to exactly 1024 KiB is still Coder's (its names are listed);
+    // one byte more is refused unread.
+    const CAP: usize = 1024 * 1024;
+    let padded = |size: usize| {
+        let head = r#"{"message":"Set CODER_AGENT_NAME to one of: dev, main","pad":""#;
+        let mut body = head.as_bytes().to_vec();
+        body.resize(size - 2, b'a');
+        body.extend_from_slice(b"\"}");
+        assert_eq!(body.len(), size);
+        http_response(409, &[("Content-Type", "application/json")], &body)
+    };
+    let sim = start(Cloud::Aws, &["main"]);
+    for (size, code) in [(CAP, 3), (CAP + 1, 4)] {
+        let answer = padded(size);
+        let raw = RawServer::start(move |_, _| RawAnswer::Bytes(answer.clone()));
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = command(&sim, &Cloud::Aws);
+        c.env("CODER_AGENT_URL", &raw.url)
+            .arg("--token-file")
+            .arg(token_path(&dir, "t"));
+        let r = run(c);
+        assert_eq!(r.code, code, "{size} bytes: {}", r.stderr);
+        if code == 3 {
+            assert_eq!(r.stdout, "dev\nmain\n");
+        } else {
+            assert!(r.stderr.contains("larger than 1024 KiB"), "{}", r.stderr);
+        }
+    }
+}
+
+#[test]
 fn printed_names_are_capped() {
     let names: Vec<String> = (0..150).map(|i| format!("agent-{i:03}")).collect();
     let long = "x".repeat(200);
