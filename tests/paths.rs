@@ -445,6 +445,30 @@ fn a_token_directory_other_users_can_write_is_refused() {
         assert!(!target.exists(), "{}", target.display());
     }
     assert!(!open_parent.join("inner/new").exists(), "nothing created");
+    // Who could replace the token is named exactly.
+    for (mode, who) in [
+        (
+            0o770,
+            "writable by its group (mode 0770, owner root (uid 0))",
+        ),
+        (
+            0o707,
+            "writable by all users (mode 0707, owner root (uid 0))",
+        ),
+        (
+            0o777,
+            "writable by its group and all users (mode 0777, owner root (uid 0))",
+        ),
+    ] {
+        let d = b.join(format!("mode-{mode:o}"));
+        fs::create_dir(&d).unwrap();
+        chmod(&d, mode);
+        let mut c = command(&sim, &Cloud::Aws);
+        c.arg("--token-file").arg(d.join("t.token"));
+        let r = run(c);
+        assert_eq!(r.code, 2, "{mode:o}: {r:?}");
+        assert!(r.stderr.contains(who), "{mode:o}: {}", r.stderr);
+    }
     assert!(sim.requests().is_empty(), "refused before any request");
 
     // Like /tmp: a sticky world-writable directory is fine, and so is a

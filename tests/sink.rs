@@ -140,3 +140,51 @@ fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_w
     assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
     assert_eq!(coder_requests(&sim).len(), posts, "nothing was sent");
 }
+
+#[test]
+fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        return;
+    }
+    // Like /tmp: root's sticky world-writable directory, where a user may not
+    // replace another user's file (the rename would fail after the exchange).
+    let sim = start(Cloud::Aws, &["main"]);
+    let base = tempfile::Builder::new()
+        .prefix("caa-sticky")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let roots = base.path().join("root.token");
+    fs::write(&roots, "keep\n").unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(&roots);
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot replace {}: it belongs to root (uid 0) in the sticky directory {}",
+            roots.display(),
+            base.path().display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fs::read_to_string(&roots).unwrap(), "keep\n");
+    assert!(coder_requests(&sim).is_empty(), "found before the exchange");
+
+    // Nobody's own file there is replaced.
+    let mine = base.path().join("mine.token");
+    fs::write(&mine, "old\n").unwrap();
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(&mine);
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        fs::read_to_string(&mine).unwrap().trim(),
+        issued(&sim, "main")
+    );
+}
