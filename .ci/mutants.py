@@ -154,14 +154,21 @@ def run_bounded(args, time_limit):
         return proc.returncode, True
 
 
+def names_in(f):
+    return [n.strip() for n in f.read_text().splitlines() if n.strip()] if f.exists() else []
+
+
 def read_outcomes(out):
     d = out / "mutants.out"
     result = {}
+    # With --iterate, what earlier runs caught (or found unviable) is not run
+    # again; the earlier run's files, kept as mutants.out.old, tell which.
+    old_unviable = set(names_in(out / "mutants.out.old" / "unviable.txt"))
+    for name in names_in(d / "previously_caught.txt"):
+        result[name] = "unviable" if name in old_unviable else "caught"
     for kind in ("caught", "missed", "timeout", "unviable"):
-        f = d / f"{kind}.txt"
-        for name in f.read_text().splitlines() if f.exists() else []:
-            if name.strip():
-                result[name.strip()] = kind
+        for name in names_in(d / f"{kind}.txt"):
+            result[name] = kind
     return result
 
 
