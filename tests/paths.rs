@@ -442,6 +442,14 @@ fn a_token_directory_other_users_can_write_is_refused() {
             r.stderr
         );
         assert!(r.stderr.contains("fix:"), "{}", r.stderr);
+        if *owner == "nobody" && !target.starts_with(&their_link) {
+            assert!(
+                r.stderr
+                    .contains("(only directories owned by root are trusted)"),
+                "{}",
+                r.stderr
+            );
+        }
         assert!(!target.exists(), "{}", target.display());
     }
     assert!(!open_parent.join("inner/new").exists(), "nothing created");
@@ -548,6 +556,7 @@ fn stale_temporary_files_of_this_token_are_removed() {
     // be a writer in another PID namespace); other names and shapes.
     let kept = [
         file(&format!(".t.token.tmp-{live}-bbbbbbbbbbbb"), minute),
+        file(&format!(".t.token.tmp-{live}-bbbbbbbbbbb0"), 9 * minute),
         file(&format!(".t.token.tmp-{dead}-cccccccccccc"), Duration::ZERO),
         file(&format!(".u.token.tmp-{dead}-dddddddddddd"), hour),
         file(&format!(".t.token.tmp-{dead}-xyz"), hour),

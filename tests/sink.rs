@@ -188,3 +188,34 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
         issued(&sim, "main")
     );
 }
+
+#[test]
+fn a_directory_this_user_cannot_look_into_is_named() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        return;
+    }
+    let sim = start(Cloud::Aws, &["main"]);
+    let base = tempfile::Builder::new()
+        .prefix("caa-private")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let private = base.path().join("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(private.join("sub/t.token"));
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot look at {}: Permission denied",
+            private.join("sub").display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(coder_requests(&sim).is_empty(), "found before the exchange");
+}

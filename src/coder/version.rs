@@ -85,6 +85,9 @@ mod tests {
         let dev = Version::parse("v0.0.0-devel+abc1234").unwrap();
         assert_eq!(dev.release, None);
         assert!(dev.honours_agent_name());
+        // 0.0.0 is a development build with or without its "v".
+        assert_eq!(Version::parse("0.0.0-devel").unwrap().release, None);
+        assert_eq!(Version::parse("2.33.4").unwrap().release, Some((2, 33, 4)));
         for junk in [
             "",
             "v2",
