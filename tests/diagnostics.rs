@@ -163,7 +163,8 @@ fn nothing_found_exits_5_listing_the_signals_and_the_fix() {
     let r = run(c);
     assert_eq!(r.code, 5, "{r:?}");
     for want in [
-        "no cloud detected",
+        "no cloud detected: neither DMI nor the metadata services identified Azure, GCP, AWS",
+        "fix: pass --auth azure-instance-identity|google-instance-identity|aws-instance-identity (or set CODER_AGENT_AUTH)",
         "sys_vendor",
         "Amazon EC2",
         "--auth",

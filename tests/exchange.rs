@@ -579,6 +579,12 @@ fn metadata_refusals_carry_the_providers_fix() {
             "the VM has no default service account, so it cannot mint identity tokens; attach a \
              service account to the instance",
         ),
+        (
+            Cloud::Azure,
+            Fault::metadata(status(403, "Forbidden"), 100).on_path("/attested/"),
+            5,
+            "no Azure instance identity available",
+        ),
     ];
     for (cloud, fault, code, want) in cases {
         let mut cfg = SimConfig::new(cloud, &["main"]);
@@ -589,6 +595,17 @@ fn metadata_refusals_carry_the_providers_fix() {
         let r = run(c);
         assert_eq!(r.code, code, "{cloud:?} {want}: {r:?}");
         assert!(r.stderr.contains(want), "{cloud:?}: {}", r.stderr);
+        let vm = match cloud {
+            Cloud::Aws => "an AWS VM",
+            Cloud::Gcp => "a GCP VM",
+            Cloud::Azure => "an Azure VM",
+        };
+        assert!(
+            r.stderr
+                .contains(&format!("fix: run this on {vm}, or pick the right --auth")),
+            "{cloud:?}: {}",
+            r.stderr
+        );
         assert!(coder_requests(&sim).is_empty(), "{cloud:?}: {want}");
     }
 }
