@@ -323,6 +323,28 @@ fn imdsv1_fallback_when_the_token_put_is_refused() {
 }
 
 #[test]
+fn a_token_put_cut_off_once_is_retried_not_taken_for_imdsv1() {
+    // Only a PUT that times out (or 404/405) means IMDSv2 is out of reach; a
+    // reset is a transient fault, and the next attempt still uses a token.
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::metadata(FaultKind::Reset, 1).on_path("/latest/api/token")];
+    let sim = Sim::start(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(token_path(&dir, "t"));
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stderr.contains("IMDSv1"), "{}", r.stderr);
+    let requests = metadata_requests(&sim);
+    assert_eq!(requests.iter().filter(|r| r.method == "PUT").count(), 2);
+    let gets: Vec<_> = requests.iter().filter(|r| r.method == "GET").collect();
+    assert_eq!(gets.len(), 2);
+    assert!(gets
+        .iter()
+        .all(|g| g.header("x-aws-ec2-metadata-token").is_some()));
+}
+
+#[test]
 fn imdsv1_fallback_when_the_token_put_never_answers() {
     let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
     cfg.imds_put_hangs = true;

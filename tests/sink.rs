@@ -174,6 +174,21 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
     assert_eq!(fs::read_to_string(&roots).unwrap(), "keep\n");
     assert!(coder_requests(&sim).is_empty(), "found before the exchange");
 
+    // Nobody may go through its own symlink there (only other users' links
+    // are refused in a sticky world-writable directory).
+    let own_dir = base.path().join("own-dir");
+    fs::create_dir(&own_dir).unwrap();
+    std::os::unix::fs::chown(&own_dir, Some(65534), Some(65534)).unwrap();
+    let own_link = base.path().join("own-link");
+    std::os::unix::fs::symlink(&own_dir, &own_link).unwrap();
+    std::os::unix::fs::lchown(&own_link, Some(65534), Some(65534)).unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(own_link.join("t.token"));
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(own_dir.join("t.token").exists());
+
     // Nobody's own file there is replaced.
     let mine = base.path().join("mine.token");
     fs::write(&mine, "old\n").unwrap();
