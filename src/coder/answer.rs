@@ -691,6 +691,15 @@ mod tests {
             };
             assert!(m.contains(fix), "{}: {m}", a.status);
         }
+        // A 404 that is not Coder's JSON at all: not Coder, whatever it is.
+        let Err(Failure::Rejected(m)) = classify(&html(404), &Redactor::new()) else {
+            panic!()
+        };
+        assert_eq!(
+            m,
+            "Coder answered an unexpected 404 (text/html, body starts: <html>nope</html>); \
+             is --url the Coder deployment?"
+        );
     }
 
     #[test]
