@@ -189,6 +189,19 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(own_dir.join("t.token").exists());
 
+    // In its own directory (not sticky), a user replaces whatever file is there.
+    let roots_in_own = own_dir.join("root.token");
+    fs::write(&roots_in_own, "old\n").unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(&roots_in_own);
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        fs::read_to_string(&roots_in_own).unwrap().trim(),
+        issued(&sim, "main")
+    );
+
     // Nobody's own file there is replaced.
     let mine = base.path().join("mine.token");
     fs::write(&mine, "old\n").unwrap();
