@@ -292,6 +292,21 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_wants_a_200_with_the_compute_object() {
+        let answer = |status: u16, body: &[u8]| crate::cloud::MetaResponse {
+            request: "GET /metadata/instance".into(),
+            status,
+            headers: Default::default(),
+            body: body.to_vec(),
+        };
+        let decisive = Azure.probe().decisive;
+        assert!(decisive(&answer(200, br#"{"compute":{"vmId":"x"}}"#)));
+        assert!(!decisive(&answer(200, br#"{"network":{}}"#)));
+        assert!(!decisive(&answer(200, b"<html>ok</html>")));
+        assert!(!decisive(&answer(404, br#"{"compute":{"vmId":"x"}}"#)));
+    }
+
+    #[test]
     fn only_azures_asset_tag_decides() {
         let decides = SIGNALS[0].decides;
         assert!(decides("7783-7084-3265-9085-8269-3286-77"));
