@@ -633,6 +633,33 @@ fn metadata_refusals_carry_the_providers_fix() {
 }
 
 #[test]
+fn azures_404_and_410_while_it_warms_up_are_retried() {
+    for status in [404, 410] {
+        let mut cfg = SimConfig::new(Cloud::Azure, &["main"]);
+        cfg.faults = vec![Fault::metadata(
+            FaultKind::Status {
+                status,
+                content_type: "application/json".into(),
+                body: r#"{"error":"not ready"}"#.into(),
+            },
+            2,
+        )
+        .on_path("/attested/")];
+        let sim = Sim::start(cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = command(&sim, &Cloud::Azure);
+        c.arg("--token-file").arg(token_path(&dir, "t"));
+        let r = run(c);
+        assert_eq!(r.code, 0, "{status}: {r:?}");
+        let attested = metadata_requests(&sim)
+            .iter()
+            .filter(|r| r.path.contains("/attested/"))
+            .count();
+        assert_eq!(attested, 3, "{status}");
+    }
+}
+
+#[test]
 fn metadata_refusal_exits_5() {
     let mut cfg = SimConfig::new(Cloud::Gcp, &["main"]);
     cfg.faults = vec![Fault::metadata(
