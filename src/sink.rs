@@ -659,6 +659,14 @@ mod tests {
     }
 
     #[test]
+    fn users_are_named_and_unknown_ones_numbered() {
+        assert_eq!(user_name(0), "root (uid 0)");
+        assert_eq!(user_name(4_000_000_000), "uid 4000000000");
+        assert_eq!(trusted(0), "root");
+        assert_eq!(trusted(4_000_000_000), "root or uid 4000000000");
+    }
+
+    #[test]
     fn a_directory_removed_since_the_check_is_made_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/main.token");

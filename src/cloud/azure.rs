@@ -334,5 +334,25 @@ mod tests {
         assert!(der::read(&[0x04, 0x85, 0, 0, 0, 0, 1, 0xaa]).is_err());
         assert!(der::read(&[0x1f, 0x01, 0x00]).is_err(), "multi-byte tag");
         assert!(der::read(&[0x04, 0x03, 0xaa]).is_err(), "truncated");
+        // A long-form length that ends the input, with no content: fine.
+        let (tlv, rest) = der::read(&[0x04, 0x81, 0x00]).unwrap();
+        assert!(tlv.content.is_empty() && rest.is_empty());
+        assert!(der::read(&[0x04, 0x82, 0x00]).is_err(), "truncated length");
+    }
+
+    #[test]
+    fn only_signed_data_is_read() {
+        const SIGNED_DATA: [u8; 9] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
+        let good = signed_data(b"{}");
+        assert_eq!(pkcs7_content(&good).unwrap(), b"{}");
+        // The same structure labelled pkcs7-data (1.2.840.113549.1.7.1).
+        let mut other = good.clone();
+        let at = other
+            .windows(SIGNED_DATA.len())
+            .position(|w| w == SIGNED_DATA)
+            .unwrap();
+        other[at + SIGNED_DATA.len() - 1] = 0x01;
+        let e = pkcs7_content(&other).unwrap_err();
+        assert!(e.contains("content type is not signedData"), "{e}");
     }
 }
