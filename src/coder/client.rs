@@ -47,7 +47,8 @@ fn redirect_policy(base: &Url) -> reqwest::redirect::Policy {
         if attempt.url().origin() != origin {
             return attempt.stop();
         }
-        if attempt.previous().len() < MAX_REDIRECTS {
+        // `previous` holds every URL requested so far, the first one too.
+        if attempt.previous().len() <= MAX_REDIRECTS {
             return attempt.follow();
         }
         let mut seen = std::collections::HashSet::new();
