@@ -246,4 +246,19 @@ fn a_directory_this_user_cannot_look_into_is_named() {
         r.stderr
     );
     assert!(coder_requests(&sim).is_empty(), "found before the exchange");
+    // The token file itself, right in that directory.
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(private.join("t.token"));
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot look at {}: Permission denied",
+            private.join("t.token").display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(coder_requests(&sim).is_empty(), "found before the exchange");
 }
