@@ -667,6 +667,31 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_another_run_created_meanwhile_is_checked_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("made");
+        fs::create_dir(&made).unwrap();
+        fs::set_permissions(&made, fs::Permissions::from_mode(0o700)).unwrap();
+        create_missing(std::slice::from_ref(&made)).unwrap();
+        // Still checked like any other: one that others may write is refused.
+        fs::set_permissions(&made, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = create_missing(std::slice::from_ref(&made)).unwrap_err();
+        assert!(
+            e.message().contains("writable by its group and all users"),
+            "{e:?}"
+        );
+        // And something else in its place is a storage error.
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        let e = create_missing(&[file]).unwrap_err();
+        assert!(matches!(e, SinkError::Store(_)), "{e:?}");
+        assert!(
+            e.message().contains("cannot create the token directory"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn a_directory_removed_since_the_check_is_made_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/main.token");
