@@ -345,6 +345,41 @@ fn a_token_put_cut_off_once_is_retried_not_taken_for_imdsv1() {
 }
 
 #[test]
+fn imdsv1_refused_after_the_fallback_says_the_instance_needs_imdsv2() {
+    // The PUT is refused (405: no IMDSv2 from here), and then the token-less
+    // GETs are refused too (401: the instance requires IMDSv2).
+    let status = |status: u16| FaultKind::Status {
+        status,
+        content_type: "text/plain".into(),
+        body: String::new(),
+    };
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![
+        Fault::metadata(status(405), 1000).on_path("/latest/api/token"),
+        Fault::metadata(status(401), 1000).on_path("/instance-identity/"),
+    ];
+    let sim = Sim::start(cfg);
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--timeout", "3s"]);
+    let r = run(c);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr.contains(
+            "a token-less (IMDSv1) GET was refused: the instance requires IMDSv2, but the token \
+             PUT did not complete"
+        ),
+        "{}",
+        r.stderr
+    );
+    // Each attempt tries IMDSv2 again first.
+    let puts = metadata_requests(&sim)
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .count();
+    assert!(puts >= 2, "{puts} PUTs");
+}
+
+#[test]
 fn imdsv1_fallback_when_the_token_put_never_answers() {
     let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
     cfg.imds_put_hangs = true;

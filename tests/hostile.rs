@@ -342,6 +342,27 @@ fn a_redirect_loop_stops_at_once_with_exit_4() {
 }
 
 #[test]
+fn a_long_chain_of_redirects_is_not_called_a_loop() {
+    // Six distinct same-origin hops: too many, but not a loop.
+    let raw = RawServer::start(|n, _| {
+        RawAnswer::Bytes(http_response(
+            307,
+            &[("Location", &format!("/hop/{n}"))],
+            b"",
+        ))
+    });
+    let sim = start(Cloud::Aws, &["main"]);
+    let mut c = command(&sim, &Cloud::Aws);
+    c.env("CODER_AGENT_URL", &raw.url)
+        .args(["--timeout", "60s"]);
+    let r = run(c);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("more than 5 redirects: "), "{}", r.stderr);
+    assert!(!r.stderr.contains("loop"), "{}", r.stderr);
+    assert_eq!(raw.requests().len(), 6);
+}
+
+#[test]
 fn headers_that_control_the_request_are_refused() {
     let sim = start(Cloud::Aws, &["main"]);
     for h in [
