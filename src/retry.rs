@@ -373,5 +373,10 @@ mod tests {
         assert_eq!(utc(t), "2026-11-29T11:53:27Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(utc(leap), "2000-02-29T00:00:00Z");
+        // 2100 is no leap year: 1 March follows 28 February.
+        let at = |secs| utc(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(at(4_107_628_799), "2100-03-01T23:59:59Z");
+        assert_eq!(at(10_418_975_999), "2300-03-01T23:59:59Z");
     }
 }

@@ -692,6 +692,40 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_on_the_way_must_lead_to_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        symlink(&file, dir.path().join("to-file")).unwrap();
+        symlink(dir.path().join("nowhere"), dir.path().join("dangling")).unwrap();
+        for (via, what) in [
+            (
+                "to-file",
+                "is a symbolic link to a regular file, not to a directory",
+            ),
+            ("dangling", "is a symbolic link that leads nowhere"),
+        ] {
+            let e = precheck(&dir.path().join(via).join("t.token")).unwrap_err();
+            assert!(matches!(e, SinkError::Usage(_)), "{via}: {e:?}");
+            assert!(e.message().contains(what), "{via}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn root_replaces_any_users_file_outside_sticky_directories() {
+        if euid() != 0 {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.token");
+        fs::write(&path, "old\n").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        precheck(&path).unwrap();
+        write_atomic(&path, &Secret::new("new")).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
+    }
+
+    #[test]
     fn a_directory_removed_since_the_check_is_made_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/main.token");
@@ -835,6 +869,28 @@ mod tests {
                 Failure::Exec { not_found, .. } => not_found,
                 other => panic!("{other:?}"),
             };
+        let message = |errno| match exec_failure(&there, &io::Error::from_raw_os_error(errno)) {
+            Failure::Exec { message, .. } => message,
+            other => panic!("{other:?}"),
+        };
+        for (errno, why) in [
+            (
+                libc::ENOENT,
+                "(the file is there: its #! interpreter or its dynamic loader is missing)",
+            ),
+            (
+                libc::EACCES,
+                "(a noexec filesystem, or a #! interpreter that is not executable?)",
+            ),
+            (libc::ENOEXEC, "(not a program this system can run)"),
+        ] {
+            let m = message(errno);
+            assert!(m.contains(why), "{m}");
+            assert!(
+                m.contains("fix: check the command after -- and its #! line"),
+                "{m}"
+            );
+        }
         assert!(not_found(&dir.path().join("gone"), libc::ENOENT), "127");
         assert!(
             !not_found(&there, libc::ENOENT),
