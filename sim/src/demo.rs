@@ -35,7 +35,7 @@ fn shown(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
