@@ -89,6 +89,9 @@ struct DemoArgs {
     /// The coder-agent-auth binary (default: next to this executable).
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// Keep the temporary directory with the token files (removed by default).
+    #[arg(long)]
+    keep: bool,
 }
 
 fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -247,6 +250,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(a) => serve(a),
-        Command::Demo(a) => demo::run(a.bin),
+        Command::Demo(a) => demo::run(a.bin, a.keep),
     }
 }
