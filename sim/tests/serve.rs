@@ -94,8 +94,10 @@ impl Drop for Served {
 }
 
 fn stop(mut s: Served) {
-    let status = Command::new("kill")
-        .args(["-TERM", &s.child.id().to_string()])
+    // The shell's built-in kill: no procps needed.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {}", s.child.id()))
         .status()
         .unwrap();
     assert!(status.success());
