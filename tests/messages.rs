@@ -1,6 +1,7 @@
 //! What a user reads: command-line errors (values that start with `-`, and
 //! under `--json`), the deadline's reason, the ambiguous message under
-//! `--json`, and the `cloud` field of every log line.
+//! `--json`, the `cloud` field of every log line, and the order of `detect`'s
+//! probes.
 
 mod common;
 
@@ -252,4 +253,44 @@ fn every_log_line_names_the_cloud_by_its_id() {
         }
         assert!(seen >= 6, "{cloud:?}: only {seen} lines named the cloud");
     }
+}
+
+#[test]
+fn detect_lists_the_probes_in_registry_order_whatever_answers_first() {
+    // The Azure probe is the slowest (its service never answers, so it times out); the
+    // others are refused at once. The listing keeps the same order all the same.
+    let mut cfg = SimConfig::new(Cloud::Azure, &["main"]);
+    cfg.faults = vec![Fault::metadata(FaultKind::Hang, usize::MAX).on_path("/metadata/instance")];
+    let sim = Sim::start(cfg);
+    let no_dmi = tempfile::tempdir().unwrap();
+    let detect = |json: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.env_clear()
+            .env("CODER_AGENT_METADATA_ENDPOINT", sim.metadata_url())
+            .env("CODER_AGENT_AUTH_SYSFS_ROOT", no_dmi.path())
+            .arg("detect");
+        if json {
+            c.arg("--json");
+        }
+        run(c)
+    };
+    let r = detect(true);
+    assert_eq!(r.code, 5, "{r:?}");
+    let v = json_line(&r);
+    let order: Vec<_> = v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["cloud"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["azure", "gcp", "aws"], "{v}");
+    let r = detect(false);
+    let probes: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "probes:")
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(probes, ["azure", "gcp", "aws"], "{}", r.stdout);
 }
