@@ -149,7 +149,7 @@ fn the_ambiguous_message_under_json_does_not_point_at_stdout() {
 }
 
 #[test]
-fn the_deadline_message_says_the_next_attempt_would_not_fit() {
+fn the_deadline_message_says_why_the_retries_stopped() {
     // A Coder that answers 503 to everything, and --timeout as a bare number (seconds).
     let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
     cfg.faults = vec![Fault::coder(
@@ -176,11 +176,13 @@ fn the_deadline_message_says_the_next_attempt_would_not_fit() {
         .lines()
         .find(|l| l.starts_with("coder-agent-auth: error: gave up: "))
         .unwrap_or_else(|| panic!("{}", r.stderr));
-    assert!(
-        error.contains("would start after the deadline (--timeout 3.0 s, ")
-            && error.contains("attempt(s) made"),
-        "the reason, and 3 read as seconds: {error}"
-    );
+    // Almost always the next backoff would end past the deadline; rarely the deadline falls
+    // inside an attempt. Either way the message says which, and 3 was read as seconds.
+    let next_would_not_fit = error.contains("would start after the deadline (--timeout 3.0 s, ")
+        && error.contains("attempt(s) made");
+    let cut_mid_attempt = error.contains("the deadline (--timeout 3.0 s) passed while attempt ")
+        && error.contains("was still waiting for an answer");
+    assert!(next_would_not_fit || cut_mid_attempt, "{error}");
     assert!(!r.stderr.contains("passed while retrying"), "{}", r.stderr);
     assert!(r.stderr.contains("last error: "), "{}", r.stderr);
     assert!(r.stderr.contains("503"), "{}", r.stderr);
@@ -212,6 +214,8 @@ fn every_log_line_names_the_cloud_by_its_id() {
     ] {
         let mut cfg = SimConfig::new(cloud, &["main", "dev"]);
         cfg.faults = vec![Fault::coder_not_registered(1)];
+        // Four runs in quick succession: no 429 from Azure's 5-a-second limit.
+        cfg.azure_throttle = false;
         let sim = Sim::start(cfg);
         let dir = tempfile::tempdir().unwrap();
         let no_dmi = tempfile::tempdir().unwrap();
