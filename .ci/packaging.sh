@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Packaging CI (issue 5): systemd units, cloud-init examples, Terraform templates, man page
+# Packaging CI: systemd units, cloud-init examples, Terraform templates, man page
 # and completions (xtask), the .deb (cargo-deb), a static musl binary, and an aarch64 cross
 # build whose tests run under qemu-user.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark harness for coder-agent-auth (issue 6). Run it through bench/run.sh.
+"""Benchmark harness for coder-agent-auth. Run it through bench/run.sh.
 
 Times the release binary's full exchange against bench/curl-exchange.sh on loopback against the
 simulator (AWS, GCP, Azure; N alternating runs each), the `--version` cold start, the stripped

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# coder-agent-auth benchmark (issue 6). One command, from anywhere:
+# coder-agent-auth benchmark. One command, from anywhere:
 #
 #   bench/run.sh            # N=30 alternating runs per cloud
 #   N=100 bench/run.sh

@@ -592,7 +592,9 @@ fn exec_mode_hands_the_token_to_the_command() {
         .arg(format!(
             "echo \"$CODER_AGENT_AUTH $CODER_AGENT_TOKEN $$\" > {}",
             out.display()
-        ));
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let child = c.spawn().unwrap();
     let pid = child.id();
     let r: Run = child.wait_with_output().unwrap().into();
@@ -607,7 +609,13 @@ fn exec_mode_hands_the_token_to_the_command() {
         1,
         "no token file without --token-file"
     );
-    assert!(r.stdout.is_empty());
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("starting the command with CODER_AGENT_TOKEN set"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
