@@ -150,7 +150,14 @@ fn no_cloud(d: Option<&Detection>) -> Failure {
 
 async fn detect_cmd(common: Common, learned: &mut Learned) -> Result<Done, Failure> {
     let md = Metadata::new(&common)?;
-    let d = md.detect().await;
+    let mut d = md.detect().await;
+    if let Some(c) = common.cloud {
+        d.notes.push(format!(
+            "--auth / CODER_AGENT_AUTH names {} ({}): the exchange uses it and skips detection",
+            c.auth_method(),
+            c.id()
+        ));
+    }
     learned.cloud = d.cloud;
     learned.output = Some(Printable {
         json: serde_json::to_value(&d).map_err(anyhow::Error::from)?,
