@@ -401,7 +401,7 @@ def build_report(a, n):
     header = (f"coder-agent-auth benchmark — {a['date']}\n"
               f"machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']} ({m['os']}); "
               f"1-min load average {a['load_before']} before, {a['load_after']} after "
-              f"(other work on the machine skews every figure)\n"
+              f"(other work on the machine skews every figure); nice {a['nice']}\n"
               f"tools: {a['tools']}\n"
               f"token files in: {a['tokdir']} ({a['tokfs']}; coder-agent-auth fsyncs the file "
               f"and its directory, curl-exchange.sh does not)\n"
@@ -445,6 +445,7 @@ def main():
     a["tokdir"] = os.path.dirname(workdir)
     a["tokfs"] = fs_type(workdir)
     a["load_before"] = loadavg()
+    a["nice"] = os.nice(0)
     sims = []
     try:
         # Cold start first, before any exchange runs the binary again.

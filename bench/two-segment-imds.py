@@ -54,6 +54,7 @@ def fetch_identity(base, timeout=5):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    timeout = 30  # an idle kept-alive connection is closed after 30 s
     # The class attributes below are set by main().
     identity = {}
     tokens = set()
