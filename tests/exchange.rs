@@ -244,6 +244,45 @@ fn aws_requests_are_exactly_imdsv2() {
     );
 }
 
+/// A metadata server that keeps connections alive, writes each answer in two segments (header,
+/// then body) and leaves Nagle's algorithm on (Python's http.server and the emulators built on
+/// it) makes every answer after the first on a reused connection wait for the client's delayed
+/// ACK. So no metadata request may reuse a connection: each must arrive on one of its own,
+/// with --auth and with detection (whose probes go to the same server first).
+#[test]
+fn every_metadata_request_arrives_on_a_connection_of_its_own() {
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.keep_alive = true;
+    let sim = Sim::start(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let no_dmi = tempfile::tempdir().unwrap();
+    let explicit = command(&sim, &Cloud::Aws);
+    let mut detected = command(&sim, &Cloud::Aws);
+    detected
+        .env("CODER_AGENT_AUTH", "auto")
+        .env("CODER_AGENT_METADATA_ENDPOINT", sim.metadata_url())
+        .env("CODER_AGENT_AUTH_SYSFS_ROOT", no_dmi.path());
+    for (how, mut c, at_least) in [("--auth aws", explicit, 3), ("detection", detected, 4)] {
+        let before = metadata_requests(&sim).len();
+        c.arg("--token-file").arg(token_path(&dir, how));
+        let r = run(c);
+        assert_eq!(r.code, 0, "{how}: {r:?}");
+        let md = &metadata_requests(&sim)[before..];
+        assert!(md.len() >= at_least, "{how}: {md:?}");
+        let mut peers: Vec<_> = md.iter().map(|r| r.peer).collect();
+        peers.sort();
+        peers.dedup();
+        assert_eq!(
+            peers.len(),
+            md.len(),
+            "{how}: a connection was reused: {:?}",
+            md.iter()
+                .map(|r| format!("{} {} from {}", r.method, r.path, r.peer))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 #[test]
 fn gcp_request_is_exact() {
     let sim = start(Cloud::Gcp, &["main"]);
