@@ -108,7 +108,18 @@ fn cloud_of_path(path: &str) -> Option<Cloud> {
         .find(|c| c.coder_path() == path)
 }
 
+/// Where coderd serves its CLI for Linux on x86-64 (`site/bin`).
+pub(crate) const CLI_PATH: &str = "/bin/coder-linux-amd64";
+
 pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
+    if req.path == CLI_PATH {
+        if let Some(cli) = &shared.cfg.coder_cli {
+            if req.method != "GET" {
+                return message(405, "Method not allowed.");
+            }
+            return Response::new(200, "application/octet-stream", cli.clone()).into();
+        }
+    }
     let Some(cloud) = cloud_of_path(&req.path) else {
         return message(404, "Route not found.");
     };

@@ -254,6 +254,9 @@ pub struct SimConfig {
     pub imds_put_hangs: bool,
     /// Azure: more than 5 requests in any one-second window get 429, as the real IMDS does.
     pub azure_throttle: bool,
+    /// The file the Coder server serves at `/bin/coder-linux-amd64`, as coderd serves its CLI
+    /// (`None`: 404, as for any unknown route).
+    pub coder_cli: Option<Vec<u8>>,
 }
 
 impl SimConfig {
@@ -270,6 +273,7 @@ impl SimConfig {
             imds_v1_only: false,
             imds_put_hangs: false,
             azure_throttle: true,
+            coder_cli: None,
         }
     }
 
