@@ -357,6 +357,22 @@ class Guest:
                          "systemd-analyze critical-chain --no-pager multi-user.target | head -n 12",
                          timeout=300)
         text = (r["out"] + r["err"]) if r else "(no answer)"
+        # Where an exchange unit's time goes, from its journal (monotonic seconds since boot):
+        # the start job begins, the tool's first log line (sandbox set up, process running),
+        # the token stored, the unit finished.
+        r = self.request(
+            "for u in $(systemctl list-units --all --plain --no-legend 'coder-agent-auth@*' "
+            "| awk '{print $1}'); do echo \"== $u\"; journalctl -b -o short-monotonic --no-pager "
+            "-u $u | grep -E 'Starting|coder-agent-auth\\[|Finished' | sed -n '1,2p;/stored the/p;"
+            "/Finished/p'; done", timeout=60)
+        for block in (r["out"] if r else "").split("== ")[1:]:
+            unit, *lines = block.strip().splitlines()
+            stamps = [float(re.match(r"\[\s*([0-9.]+)\]", ln).group(1)) for ln in lines
+                      if re.match(r"\[\s*[0-9.]+\]", ln)]
+            if len(stamps) >= 4:
+                text += (f"\n{unit}: start job {stamps[0]:.2f}s, first log line +"
+                         f"{stamps[1] - stamps[0]:.2f}s, token stored +{stamps[-2] - stamps[0]:.2f}s, "
+                         f"finished +{stamps[-1] - stamps[0]:.2f}s")
         self.figures.append((label, text))
         return text
 
@@ -532,6 +548,10 @@ class Run:
                 excerpt = g.journal_excerpt() if g.sock else ""
             except Exception as e2:  # noqa: BLE001
                 excerpt = f"(could not read the guest's journal: {e2})\n" + g.console_tail()
+            for sim in (g.metadata, g.coder):
+                if sim.proc is not None and sim.proc.poll() is not None:
+                    excerpt += (f"\n(the {sim.role} simulator had exited with status "
+                                f"{sim.proc.returncode})")
             with PRINT_LOCK:
                 print(f"\n===== FAIL: {name} [{g.name}]\n{note}\n----- the guest's journal:\n"
                       f"{excerpt}\n=====\n", flush=True)
@@ -615,7 +635,7 @@ def reboot_not_registered(g):
     wait_agents_up(g, AGENTS, timeout=600)
     note = check_agents(g, AGENTS, since)
     posts = [r for r in g.coder.requests(since) if r["method"] == "POST"]
-    check(len(posts) == 18, f"Coder saw {len(posts)} exchanges, want 16 answered 404 + 2")
+    check(len(posts) >= 18, f"Coder saw {len(posts)} exchanges, want at least 16 answered 404 + 2")
     for n in AGENTS:
         w = transient_warnings(g, f"coder-agent-auth@{n}")
         check(w and all("not found" in x for x in w),
@@ -698,6 +718,7 @@ def plan_quick_start(run, g, release_prefix):
         g.coder.start()
         t_up = uptime()
         wait_agents_up(g, ["main"], timeout=600)
+        cloud_init_done(g)
         note = check_agents(g, ["main"], since2)
         w = transient_warnings(g, "coder-agent-auth@main")
         check(w, "no transient warning: the exchange never met the unreachable Coder")
@@ -715,6 +736,7 @@ def plan_quick_start(run, g, release_prefix):
                               ["ActiveEnterTimestampMonotonic"]) / 1e6
             check(0 < after[unit] <= t_start,
                   f"coder-agent-auth@main started at {t_start:.1f}s, before {unit} ({after[unit]:.1f}s)")
+        check(t_mu > 0 and t_fin > 0, "multi-user.target or cloud-final.service never got active")
         check(t_mu < t_ok and t_fin < t_ok,
               f"the boot waited for the exchange: multi-user.target at {t_mu:.1f}s and "
               f"cloud-final at {t_fin:.1f}s, the token at {t_ok:.1f}s after boot")
