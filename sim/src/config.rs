@@ -138,6 +138,9 @@ pub struct SimConfig {
     /// Off (the default): one request per connection, written in one segment, then closed.
     /// Faults still apply; a faulted answer closes its connection.
     pub keep_alive: bool,
+    /// The file the Coder server serves at `/bin/coder-linux-amd64`, as coderd serves its CLI
+    /// (`None`: 404, as for any unknown route).
+    pub coder_cli: Option<Vec<u8>>,
 }
 
 impl SimConfig {
@@ -156,6 +159,7 @@ impl SimConfig {
             imds_put_hangs: false,
             azure_throttle: true,
             keep_alive: false,
+            coder_cli: None,
         }
     }
 

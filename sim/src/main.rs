@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use coder_agent_auth_sim::{serve_blocking, Cloud, Sim, SimConfig};
+use coder_agent_auth_sim::{serve_blocking, Cloud, Fault, FaultKind, Sim, SimConfig};
 
 mod demo;
 
@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Serve one cloud's metadata service and a Coder server until SIGTERM or SIGINT, and print
     /// the `export` lines that point coder-agent-auth at them (--json: one JSON line).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run coder-agent-auth against a simulated AWS with the agents `main` and `dev`.
     Demo(DemoArgs),
 }
@@ -82,6 +82,19 @@ struct ServeArgs {
     /// Azure: do not answer 429 beyond 5 requests a second.
     #[arg(long)]
     no_azure_throttle: bool,
+    /// Serve this file at /bin/coder-linux-amd64 on the Coder server, as coderd serves its CLI.
+    #[arg(long, value_name = "FILE")]
+    coder_cli: Option<PathBuf>,
+    /// The first N exchange requests get coderd's 404 "Instance with id ... not found." (the
+    /// workspace build has not registered the instance yet).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    coder_not_registered: usize,
+    /// Delay the first --metadata-delay-times metadata requests by this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    metadata_delay_ms: u64,
+    /// How many metadata requests --metadata-delay-ms applies to.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    metadata_delay_times: usize,
 }
 
 #[derive(Args)]
@@ -186,6 +199,29 @@ fn serve(a: ServeArgs) -> ExitCode {
     cfg.coder_version = a.coder_version;
     cfg.structured_409 = a.structured_409;
     cfg.azure_throttle = !a.no_azure_throttle;
+    if let Some(path) = &a.coder_cli {
+        match std::fs::read(path) {
+            Ok(bytes) => cfg.coder_cli = Some(bytes),
+            Err(e) => {
+                eprintln!(
+                    "coder-agent-auth-sim: cannot read --coder-cli {}: {e}\nfix: pass a readable file",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if a.coder_not_registered > 0 {
+        cfg.faults.push(
+            Fault::coder_not_registered(a.coder_not_registered).on_path(a.cloud.coder_path()),
+        );
+    }
+    if a.metadata_delay_ms > 0 && a.metadata_delay_times > 0 {
+        cfg.faults.push(Fault::metadata(
+            FaultKind::Delay(std::time::Duration::from_millis(a.metadata_delay_ms)),
+            a.metadata_delay_times,
+        ));
+    }
     let ready_file = a.ready_file;
     let json = a.json;
     // Text mode with --coder-tls: the CA goes to a file the exports name, in a new private
@@ -249,7 +285,7 @@ fn serve(a: ServeArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Demo(a) => demo::run(a.bin, a.keep),
     }
 }

@@ -1206,3 +1206,24 @@ fn keep_alive_serves_request_after_request_on_one_connection() {
     assert_eq!(peers.len(), 4);
     assert!(peers.iter().all(|p| *p == peers[0]), "{peers:?}");
 }
+
+#[test]
+fn coder_serves_its_cli_only_when_given_one() {
+    let sim = Sim::start(SimConfig::new(Cloud::Aws, &["main"]));
+    let r = request(sim.coder_addr(), "GET", "/bin/coder-linux-amd64", &[], b"");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.message(), "Route not found.");
+
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.coder_cli = Some(b"#!/bin/sh\necho stand-in\n".to_vec());
+    // A not-registered fault limited to the exchange path leaves the download alone.
+    let cfg = cfg.with_fault(Fault::coder_not_registered(5).on_path(Cloud::Aws.coder_path()));
+    let sim = Sim::start(cfg);
+    let r = request(sim.coder_addr(), "GET", "/bin/coder-linux-amd64", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.body, b"#!/bin/sh\necho stand-in\n");
+    let r = request(sim.coder_addr(), "POST", "/bin/coder-linux-amd64", &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(sim.fault_counts(), vec![0]);
+}
