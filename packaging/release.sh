@@ -130,9 +130,9 @@ VERSION=$(cargo pkgid -p coder-agent-auth | sed 's/.*[#@]//')
 # RPM versions cannot hold '-'; a pre-release 1.0.0-rc.1 becomes 1.0.0~rc.1 (sorts before 1.0.0).
 RPM_VERSION=${VERSION//-/\~}
 OUT="$TARGET_DIR/release-artifacts"
-# Reproducible timestamps: the last commit's time (cargo-deb, tar and rpmbuild honour it).
+# Reproducible timestamps: the last commit's time, for cargo-deb, tar and rpmbuild. Exported
+# only after the cargo builds: the cc crate (ring's C) rebuilds when it changes.
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
-export SOURCE_DATE_EPOCH
 WORK=$(mktemp -d /tmp/coder-agent-auth-release.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 rm -rf "$OUT"
@@ -169,6 +169,8 @@ if [[ " ${arches[*]} " == *" amd64 "* ]]; then
     got=$("$TARGET_DIR/x86_64-unknown-linux-musl/release/coder-agent-auth" --version)
     [ "$got" = "coder-agent-auth $VERSION" ] || fail "--version printed '$got', want 'coder-agent-auth $VERSION'"
 fi
+
+export SOURCE_DATE_EPOCH
 
 # ---------------------------------------------------------------------------------------------
 # "perm path" lines of a package's contents, with the .deb's paths mapped to the RPM's.
