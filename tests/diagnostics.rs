@@ -40,7 +40,7 @@ fn dmi_for(cloud: Cloud) -> tempfile::TempDir {
 
 /// A command with no --auth: detection decides. All metadata traffic goes to the sim.
 fn auto(sim: &Sim, dmi: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CODER_AGENT_URL", sim.coder_url())

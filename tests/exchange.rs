@@ -747,7 +747,8 @@ fn tls_with_an_extra_ca_works_and_without_it_fails_clearly() {
     );
 
     let mut c = command(&sim, &Cloud::Aws);
-    c.args(["--timeout", "1s"])
+    // 3 s: the first TLS attempt must fit before the deadline even under qemu-user (aarch64).
+    c.args(["--timeout", "3s"])
         .arg("--token-file")
         .arg(token_path(&dir, "u"));
     let r = run(c);

@@ -6,7 +6,7 @@
 # the cloud-init examples against the simulator (see tests/boot/harness.py and the README's "How
 # it is tested"). Runs as root on Debian 12 x86-64 and installs what it needs: qemu-system-x86
 # (from bookworm-backports, to match the machine's qemu-utils), mmdebstrap, cloud-image-utils,
-# socat, cargo-deb. Everything it builds and every guest's logs stay in TARGET/boot/.
+# socat, and packaging/release.sh's prerequisites. Everything it builds and every guest's logs stay in TARGET/boot/.
 #
 # BOOT_JOBS=N guests at a time (default 4); BOOT_GUESTS=quickstart,aws,gcp,azure (default all);
 # BOOT_DEB=FILE tests FILE instead of building the .deb; BOOT_REBUILD_IMAGE=1 rebuilds the image;
