@@ -62,7 +62,7 @@ fn a_value_starting_with_a_dash_is_explained_with_the_equals_form() {
 
 #[test]
 fn an_unknown_option_gets_no_tip_to_use_double_dash() {
-    let mut c = std::process::Command::new(BIN);
+    let mut c = std::process::Command::new(bin());
     c.env_clear().args(["--agent-nam", "main"]);
     let r = run(c);
     assert_eq!(r.code, 2, "{r:?}");
@@ -81,7 +81,7 @@ fn command_line_errors_under_json_print_the_usage_object() {
         &["detect", "--json", "--bogus"][..],
         &["identity", "--json", "--raw=yes"][..],
     ] {
-        let mut c = std::process::Command::new(BIN);
+        let mut c = std::process::Command::new(bin());
         c.env_clear().args(args);
         let r = run(c);
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
@@ -96,7 +96,7 @@ fn command_line_errors_under_json_print_the_usage_object() {
             r.stderr
         );
     }
-    let mut c = std::process::Command::new(BIN);
+    let mut c = std::process::Command::new(bin());
     c.env_clear().args(["--json", "--agent-name", "-dash"]);
     let v = json_line(&run(c));
     assert!(
@@ -107,7 +107,7 @@ fn command_line_errors_under_json_print_the_usage_object() {
         "{v}"
     );
     // After `--`, --json belongs to the COMMAND.
-    let mut c = std::process::Command::new(BIN);
+    let mut c = std::process::Command::new(bin());
     c.env_clear().args(["--bogus", "--", "--json"]);
     let r = run(c);
     assert_eq!(r.code, 2);
@@ -122,7 +122,7 @@ fn help_and_version_still_print_on_stdout_with_exit_0() {
         (&["detect", "--help"][..], "Usage: coder-agent-auth detect"),
         (&["--version"][..], "coder-agent-auth "),
     ] {
-        let mut c = std::process::Command::new(BIN);
+        let mut c = std::process::Command::new(bin());
         c.env_clear().args(args);
         let r = run(c);
         assert_eq!(r.code, 0, "{args:?}: {r:?}");
@@ -228,7 +228,7 @@ fn every_log_line_names_the_cloud_by_its_id() {
         let mut seen = 0;
         for args in runs {
             // --auth auto over the generic endpoint: the detection's line too.
-            let mut c = std::process::Command::new(BIN);
+            let mut c = std::process::Command::new(bin());
             c.env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("CODER_AGENT_URL", sim.coder_url())
@@ -268,7 +268,7 @@ fn detect_lists_the_probes_in_registry_order_whatever_answers_first() {
     let sim = Sim::start(cfg);
     let no_dmi = tempfile::tempdir().unwrap();
     let detect = |json: bool| {
-        let mut c = std::process::Command::new(BIN);
+        let mut c = std::process::Command::new(bin());
         c.env_clear()
             .env("CODER_AGENT_METADATA_ENDPOINT", sim.metadata_url())
             .env("CODER_AGENT_AUTH_SYSFS_ROOT", no_dmi.path())
