@@ -575,6 +575,9 @@ def plan_cloud_init(run, g, cloud, order, second):
         cloud_init_done(g)
         up = wait_agents_up(g, AGENTS, timeout=600)
         note = check_agents(g, AGENTS, since)
+        env = g.sh("stat -c '%a %U %n' " + " ".join(f"/etc/coder-agent-auth/{n}.env" for n in AGENTS))
+        check(env["out"].splitlines() == [f"600 root /etc/coder-agent-auth/{n}.env" for n in AGENTS],
+              f"the env files are root-only: {env['out']!r}")
         g.blame(f"{g.name}: first boot (cloud-init)")
         return f"boot to agents up {time.monotonic() - g.boot_started:.0f}s (waited {up:.0f}s " \
                f"after cloud-init); {note}"
