@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Benchmark harness for coder-agent-auth (issue 6). Run it through bench/run.sh.
+"""Benchmark harness for coder-agent-auth. Run it through bench/run.sh.
 
-Times the release binary's full exchange against bench/curl-exchange.sh on loopback against the
-simulator (AWS, GCP, Azure; N alternating runs each), the `--version` cold start, the stripped
-binary size and the peak RSS of one AWS exchange. Prints one Markdown table and writes it, with
-the date and machine, to bench/RESULTS.md.
+Times the release binary's full exchange against bench/curl-exchange.sh on loopback, N alternating
+runs each, against two kinds of metadata server:
+  - the simulator (AWS, GCP, Azure): one request per connection, each answer in one segment;
+  - for AWS, bench/two-segment-imds.py, written on Python's http.server as many emulators are:
+    keep-alive, each answer in two segments (header, body), Nagle's algorithm on. Its identity is
+    read from the simulator, whose Coder takes the POST.
+Also the `--version` cold start, the stripped binary size and the peak RSS of one AWS exchange
+(GNU time -f %M: the binary's own, as reported by wait4 in a small parent). Prints one Markdown
+table and writes it, with the date and machine, to bench/RESULTS.md.
 
 Every timed run must succeed (exit 0, the token file holds a UUID-shaped token, and every token
 is distinct: the simulator issues one per call); otherwise the benchmark stops with exit 1.
@@ -64,10 +69,36 @@ def ms(ns):
     return ns / 1e6
 
 
+def wait_ready(proc, ready, what, log_name):
+    deadline = time.monotonic() + 20
+    while not os.path.exists(ready):
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with {proc.returncode}; see {log_name}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} not ready after 20 s; see {log_name}")
+        time.sleep(0.01)
+    with open(ready) as f:
+        return json.load(f)
+
+
+def stop_proc(proc, log):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Simulator
 
 class Sim:
+    """coder-agent-auth-sim serve: one cloud's metadata service and a Coder."""
+    kind = "simulator"
+
     def __init__(self, sim_bin, cloud, workdir):
         self.cloud = cloud
         ready = os.path.join(workdir, f"sim-{cloud}.ready.json")
@@ -78,29 +109,43 @@ class Sim:
         if cloud == "azure":
             cmd.append("--no-azure-throttle")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(ready):
-            if self.proc.poll() is not None:
-                raise BenchError(f"simulator ({cloud}) exited with {self.proc.returncode}; "
-                                 f"see {self.log.name}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"simulator ({cloud}) not ready after 20 s")
-            time.sleep(0.01)
-        with open(ready) as f:
-            info = json.load(f)
+        info = wait_ready(self.proc, ready, f"simulator ({cloud})", self.log.name)
         self.metadata_url = info["metadata_url"]
         self.metadata_host_port = info["metadata_host_port"]
         self.coder_url = info["coder_url"]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_proc(self.proc, self.log)
+
+
+class TwoSegmentIMDS:
+    """bench/two-segment-imds.py: AWS metadata on Python's http.server (keep-alive, two segments
+    per answer, Nagle on), serving the identity of `sim`; Coder is `sim`'s."""
+    kind = "two-segment keep-alive server"
+
+    def __init__(self, script, sim, workdir):
+        self.cloud = sim.cloud
+        ready = os.path.join(workdir, "two-segment.ready.json")
+        self.request_log = os.path.join(workdir, "two-segment.requests.jsonl")
+        self.log = open(os.path.join(workdir, "two-segment.log"), "wb")
+        cmd = [sys.executable, script, "--from", sim.metadata_url, "--listen", "127.0.0.1:0",
+               "--ready-file", ready, "--request-log", self.request_log]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        info = wait_ready(self.proc, ready, "two-segment-imds.py", self.log.name)
+        self.metadata_url = info["metadata_url"]
+        self.metadata_host_port = self.metadata_url.split("://", 1)[1]
+        self.coder_url = sim.coder_url
+
+    def requests(self):
+        """Every request logged so far: (method, path, client address:port)."""
+        try:
+            with open(self.request_log) as f:
+                return [(e["method"], e["path"], e["peer"]) for e in map(json.loads, f)]
+        except FileNotFoundError:
+            return []
+
+    def stop(self):
+        stop_proc(self.proc, self.log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,18 +215,26 @@ class Runner:
         return t1 - t0
 
     def rss_kib(self, label, make, time_bin):
-        """Peak RSS (KiB) of one exchange via /usr/bin/time -v, after checking it succeeded."""
+        """Peak RSS (KiB) of one exchange, after checking it succeeded. See peak_rss_kib."""
         tf = self.token_path()
         cmd, env = make(tf)
-        rep = os.path.join(self.workdir, f"time-{self.count}.txt")
-        p = subprocess.run([time_bin, "-v", "-o", rep] + cmd, env=env, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.check(label + " (under time -v)", p, tf)
-        with open(rep) as f:
-            m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", f.read())
-        if not m:
-            raise BenchError(f"{label}: no 'Maximum resident set size' in time -v output")
-        return int(m.group(1))
+        kib, p = peak_rss_kib(time_bin, cmd, env, os.path.join(self.workdir, f"time-{self.count}"))
+        self.check(label + " (under time -f %M)", p, tf)
+        return kib
+
+
+def peak_rss_kib(time_bin, cmd, env, report):
+    """GNU time -f %M: the ru_maxrss that wait4 reports for its child, i.e. the command's own
+    peak (with a shell script: its largest process). Measured this way and not from this Python
+    process: a child forked from Python would carry Python's pages into its ru_maxrss; GNU time
+    is a small parent (its own peak is reported separately as the floor, `true` under time)."""
+    p = subprocess.run([time_bin, "-f", "%M", "-o", report] + cmd, env=env,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with open(report) as f:
+        last = f.read().strip().splitlines()[-1:]
+    if not last or not last[0].isdigit():
+        raise BenchError(f"{cmd[0]}: no peak RSS from {time_bin} -f %M (is it GNU time?)")
+    return int(last[0]), p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,12 +266,13 @@ def bench_spawn_baseline(n):
     return times
 
 
-def bench_exchange(runner, binary, script, sim, n):
-    ours = lambda tf: ours_cmd(binary, sim, tf)
-    curl = lambda tf: curl_cmd(script, sim, tf)
-    for _ in range(WARMUP):  # warm both paths (page cache, sim); checked, not counted
-        runner.timed(f"{sim.cloud} ours (warm-up)", ours)
-        runner.timed(f"{sim.cloud} curl (warm-up)", curl)
+def bench_exchange(runner, binary, script, server, n):
+    ours = lambda tf: ours_cmd(binary, server, tf)
+    curl = lambda tf: curl_cmd(script, server, tf)
+    what = f"{server.cloud} ({server.kind})"
+    for _ in range(WARMUP):  # warm both paths (page cache, server); checked, not counted
+        runner.timed(f"{what} ours (warm-up)", ours)
+        runner.timed(f"{what} curl (warm-up)", curl)
     t_ours, t_curl = [], []
     for i in range(n):
         # Alternate, and alternate which one goes first, so drift hits both equally.
@@ -226,8 +280,22 @@ def bench_exchange(runner, binary, script, sim, n):
         if i % 2:
             pair.reverse()
         for who, make, acc in pair:
-            acc.append(runner.timed(f"{sim.cloud} {who} run {i + 1}", make))
+            acc.append(runner.timed(f"{what} {who} run {i + 1}", make))
     return t_ours, t_curl
+
+
+def connections_per_request(runner, binary, server, runs):
+    """Run the exchange `runs` times against a server with a request log; return (metadata
+    requests, TCP connections they arrived on), counted per run by client port."""
+    reqs = conns = 0
+    for i in range(runs):
+        before = len(server.requests())
+        runner.timed(f"{server.cloud} ({server.kind}) connection count run {i + 1}",
+                     lambda tf: ours_cmd(binary, server, tf))
+        got = server.requests()[before:]
+        reqs += len(got)
+        conns += len({peer for _, _, peer in got})
+    return reqs, conns
 
 
 def stripped_size(binary, workdir):
@@ -299,14 +367,13 @@ def build_report(a, n):
 
     row("measure", "coder-agent-auth", "curl script", "ours/curl", "target", "result")
     row("---", "---:", "---:", "---:", "---", "---")
-    for cloud in CLOUDS:
-        o, c = a["exchange"][cloud]
+    for label, o, c in a["exchange"]:
         ratio = median(o) / median(c)
-        if cloud == "aws":
+        if label.startswith("AWS"):
             tgt, res = f"≤ {T_AWS_RATIO}×", verdict(ratio <= T_AWS_RATIO)
         else:
             tgt, res = "", ""
-        row(f"{cloud.upper() if cloud != 'azure' else 'Azure'} exchange, median (p90)",
+        row(f"{label}, median (p90)",
             f"{ms(median(o)):.2f} ms ({ms(p90(o)):.2f})",
             f"{ms(median(c)):.2f} ms ({ms(p90(c)):.2f})",
             f"{ratio:.3f}×", tgt, res)
@@ -322,9 +389,10 @@ def build_report(a, n):
     row("stripped binary size", f"{stripped} B = {stripped / MIB:.2f} MiB"
         + (f" (on disk {on_disk} B)" if on_disk != stripped else ""),
         "", "", f"≤ {T_SIZE_MIB:g} MiB", verdict(stripped <= T_SIZE_MIB * MIB))
-    rss, rss_curl = a["rss"]
+    rss, rss_curl, floor = a["rss"]
     rmax = max(rss)
-    row(f"peak RSS, AWS exchange (max of {len(rss)})", f"{rmax} KiB = {rmax / 1024:.2f} MiB",
+    row(f"peak RSS, AWS exchange (max of {len(rss)}; GNU time -f %M; `true`: {floor} KiB)",
+        f"{rmax} KiB = {rmax / 1024:.2f} MiB",
         f"{max(rss_curl)} KiB (largest process)", "", f"≤ {T_RSS_MIB:g} MiB",
         verdict(rmax <= T_RSS_MIB * 1024))
     table = "\n".join(rows)
@@ -333,15 +401,20 @@ def build_report(a, n):
     header = (f"coder-agent-auth benchmark — {a['date']}\n"
               f"machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']} ({m['os']}); "
               f"1-min load average {a['load_before']} before, {a['load_after']} after "
-              f"(other work on the machine skews every figure)\n"
+              f"(other work on the machine skews every figure); nice {a['nice']}\n"
               f"tools: {a['tools']}\n"
               f"token files in: {a['tokdir']} ({a['tokfs']}; coder-agent-auth fsyncs the file "
               f"and its directory, curl-exchange.sh does not)\n"
-              f"method: loopback against coder-agent-auth-sim; N={n} alternating runs per cloud "
-              f"after {WARMUP} warm-up pairs; wall time of fork+exec+exit from a Python harness "
-              f"(time.perf_counter_ns around subprocess.run); every run checked (exit 0, "
-              f"UUID-shaped token in the token file, all tokens distinct).")
-    notes = []
+              f"method: loopback; metadata from coder-agent-auth-sim (one request per connection, "
+              f"each answer in one segment) and, for AWS, from two-segment-imds.py (Python "
+              f"http.server: keep-alive, header and body in two segments, Nagle on; Coder is the "
+              f"simulator's); N={n} alternating runs per row after {WARMUP} warm-up pairs; wall "
+              f"time of fork+exec+exit from a Python harness (time.perf_counter_ns around "
+              f"subprocess.run); every run checked (exit 0, UUID-shaped token in the token file, "
+              f"all tokens distinct).")
+    reqs, conns = a["connections"]
+    notes = [f"two-segment keep-alive server: {reqs} metadata requests from coder-agent-auth "
+             f"arrived on {conns} TCP connections (per run, by client port)"]
     if note:
         notes.append(note)
     return header, table, notes
@@ -352,6 +425,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--sim", required=True)
     ap.add_argument("--curl-script", required=True)
+    ap.add_argument("--two-segment", required=True, help="bench/two-segment-imds.py")
     ap.add_argument("--results", required=True)
     ap.add_argument("--time-bin", default="/usr/bin/time")
     ap.add_argument("-n", type=int, default=int(os.environ.get("N", "30")))
@@ -371,6 +445,7 @@ def main():
     a["tokdir"] = os.path.dirname(workdir)
     a["tokfs"] = fs_type(workdir)
     a["load_before"] = loadavg()
+    a["nice"] = os.nice(0)
     sims = []
     try:
         # Cold start first, before any exchange runs the binary again.
@@ -380,21 +455,35 @@ def main():
         a["size"] = stripped_size(args.bin, workdir)
 
         runner = Runner(workdir)
-        a["exchange"] = {}
+        a["exchange"] = []
         for cloud in CLOUDS:
             sim = Sim(args.sim, cloud, workdir)
             sims.append(sim)
-            print(f"bench: {cloud}: {WARMUP} warm-up pairs + {n} alternating pairs ...",
+            name = {"aws": "AWS", "gcp": "GCP", "azure": "Azure"}[cloud]
+            print(f"bench: {cloud} (simulator): {WARMUP} warm-up pairs + {n} alternating pairs ...",
                   file=sys.stderr)
-            a["exchange"][cloud] = bench_exchange(runner, args.bin, args.curl_script, sim, n)
+            o, c = bench_exchange(runner, args.bin, args.curl_script, sim, n)
+            a["exchange"].append((f"{name} exchange, simulator", o, c))
             if cloud == "aws":
-                print("bench: aws: peak RSS under /usr/bin/time -v ...", file=sys.stderr)
+                print("bench: aws: peak RSS under GNU time -f %M ...", file=sys.stderr)
                 rss = [runner.rss_kib("aws ours", lambda tf: ours_cmd(args.bin, sim, tf),
                                       args.time_bin) for _ in range(5)]
                 rss_curl = [runner.rss_kib("aws curl",
                                            lambda tf: curl_cmd(args.curl_script, sim, tf),
                                            args.time_bin) for _ in range(3)]
-                a["rss"] = (rss, rss_curl)
+                true = shutil.which("true") or "/bin/true"
+                floor, _ = peak_rss_kib(args.time_bin, [true], clean_env(),
+                                        os.path.join(workdir, "time-true"))
+                a["rss"] = (rss, rss_curl, floor)
+
+                two = TwoSegmentIMDS(args.two_segment, sim, workdir)
+                sims.append(two)
+                print(f"bench: aws (two-segment keep-alive server): {WARMUP} warm-up pairs + "
+                      f"{n} alternating pairs ...", file=sys.stderr)
+                o, c = bench_exchange(runner, args.bin, args.curl_script, two, n)
+                a["exchange"].append(("AWS exchange, two-segment keep-alive server", o, c))
+                a["connections"] = connections_per_request(runner, args.bin, two, 5)
+                two.stop()
             sim.stop()
         a["load_after"] = loadavg()
         print(f"bench: {runner.count} exchanges, all succeeded with distinct tokens",

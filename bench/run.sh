@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# coder-agent-auth benchmark (issue 6). One command, from anywhere:
+# coder-agent-auth benchmark. One command, from anywhere:
 #
 #   bench/run.sh            # N=30 alternating runs per cloud
 #   N=100 bench/run.sh
 #
 # Builds the release binaries (cargo build --release --workspace), installs curl, jq and GNU time
 # with apt-get if they are missing (root or sudo needed only then), starts the simulator on
-# loopback for AWS, GCP and Azure, and prints one table; the same table goes to bench/RESULTS.md.
+# loopback for AWS, GCP and Azure, and for AWS also bench/two-segment-imds.py (a metadata server
+# on Python's http.server: keep-alive, each answer in two segments), and prints one table; the
+# same table goes to bench/RESULTS.md.
 # Fails (exit 1) if any run fails: every exchange must exit 0 and store a fresh UUID-shaped token.
 set -euo pipefail
 
@@ -35,5 +37,6 @@ exec python3 "$here/bench.py" \
   --bin "$target/release/coder-agent-auth" \
   --sim "$target/release/coder-agent-auth-sim" \
   --curl-script "$here/curl-exchange.sh" \
+  --two-segment "$here/two-segment-imds.py" \
   --results "$here/RESULTS.md" \
   -n "${N:-30}"

@@ -89,11 +89,11 @@ impl Metadata {
     }
 
     /// The explicit `--auth`, or detection (exit 5 when nothing is found).
-    async fn cloud(&self, explicit: Option<Cloud>) -> Result<Cloud, Failure> {
+    async fn cloud(&self, explicit: Option<Cloud>, policy: &Policy) -> Result<Cloud, Failure> {
         if let Some(c) = explicit {
             return Ok(c);
         }
-        let d = self.detect().await;
+        let d = policy.within("detecting the cloud", self.detect()).await?;
         match d.cloud {
             Some(c) => {
                 tracing::info!(cloud = c.id(), via = d.method, "detected the cloud");
@@ -150,7 +150,14 @@ fn no_cloud(d: Option<&Detection>) -> Failure {
 
 async fn detect_cmd(common: Common, learned: &mut Learned) -> Result<Done, Failure> {
     let md = Metadata::new(&common)?;
-    let d = md.detect().await;
+    let mut d = md.detect().await;
+    if let Some(c) = common.cloud {
+        d.notes.push(format!(
+            "--auth / CODER_AGENT_AUTH names {} ({}): the exchange uses it and skips detection",
+            c.auth_method(),
+            c.id()
+        ));
+    }
     learned.cloud = d.cloud;
     learned.output = Some(Printable {
         json: serde_json::to_value(&d).map_err(anyhow::Error::from)?,
@@ -164,9 +171,9 @@ async fn detect_cmd(common: Common, learned: &mut Learned) -> Result<Done, Failu
 
 async fn identity_cmd(common: Common, raw: bool, learned: &mut Learned) -> Result<Done, Failure> {
     let md = Metadata::new(&common)?;
-    let cloud = md.cloud(common.cloud).await?;
-    learned.cloud = Some(cloud);
     let policy = Policy::new(common.timeout);
+    let cloud = md.cloud(common.cloud, &policy).await?;
+    learned.cloud = Some(cloud);
     let identity = md.identity(cloud, &policy).await?;
     learned.output = Some(printable(inspect::identity_summary(&identity, raw)));
     Ok(Done::Printed)
@@ -201,7 +208,7 @@ async fn exchange(cfg: Config, learned: &mut Learned) -> Result<Done, Failure> {
     // With a name, learn the server's version while the identity is fetched:
     // a server that ignores names must not be sent one.
     let identity = async {
-        let cloud = md.cloud(cfg.common.cloud).await?;
+        let cloud = md.cloud(cfg.common.cloud, &policy).await?;
         learned.cloud = Some(cloud);
         tracing::info!(cloud = cloud.id(), agent = name.unwrap_or("(none)"), url = %cfg.url, "starting the instance-identity exchange");
         md.identity(cloud, &policy).await

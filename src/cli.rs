@@ -99,7 +99,8 @@ pub struct CommonArgs {
     )]
     pub auth: String,
 
-    /// Total deadline for retrying transient failures, e.g. 30s, 5m, 1h30m; 0 means no deadline.
+    /// Total deadline for retrying transient failures, e.g. 30s, 5m, 1h30m; a bare number is
+    /// seconds; 0 means no deadline.
     #[arg(long, hide_env_values = true, env = "CODER_AGENT_AUTH_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_TIMEOUT)]
     pub timeout: String,
 
@@ -285,7 +286,7 @@ impl CommonArgs {
     pub fn validate(&self) -> Result<Common, String> {
         let cloud = parse_auth(&self.auth)?;
         let timeout = parse_duration(&self.timeout).map_err(|e| {
-            format!("invalid --timeout / CODER_AGENT_AUTH_TIMEOUT {:?}: {e}; use a duration such as 30s, 5m or 1h (0 = no deadline)", self.timeout)
+            format!("invalid --timeout / CODER_AGENT_AUTH_TIMEOUT {:?}: {e}; use a duration such as 30s, 5m or 1h (a bare number is seconds; 0 = no deadline)", self.timeout)
         })?;
         let metadata_endpoint = self
             .metadata_endpoint

@@ -10,6 +10,7 @@
 //! everything else is private.
 
 mod app;
+mod args;
 mod cli;
 mod cloud;
 mod coder;
@@ -31,6 +32,23 @@ const USER_AGENT: &str = concat!("coder-agent-auth/", env!("CARGO_PKG_VERSION"))
 
 pub use cli::Cli;
 pub use outcome::{Done, Failure, Finished, Rendered};
+
+/// The binary's entry point: parse `args` (argv, program name first) and run.
+/// A command-line error is the tool's usage error (exit 2; the usage JSON
+/// object under `--json`); `Err` is clap's `--help` or `--version` text, to
+/// be shown with [`clap::Error::exit`].
+pub fn run_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<Finished, clap::Error> {
+    let args: Vec<_> = args.into_iter().collect();
+    match args::parse(&args) {
+        Ok(cli) => Ok(run(cli)),
+        Err(args::ParseError::Display(e)) => Err(e),
+        Err(args::ParseError::Usage { message, json }) => {
+            Ok(Finished::failed(Failure::Usage(message), json))
+        }
+    }
+}
 
 /// Parse-free entry point: validate the arguments, set up logging and the
 /// runtime, and run to a [`Finished`] outcome. Never exits the process.

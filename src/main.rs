@@ -1,8 +1,7 @@
 //! A thin shell: parse the arguments, run, print, and map the outcome to the
 //! exit code (this file holds the one table of exit codes).
 
-use clap::Parser;
-use coder_agent_auth::{Cli, Done, Failure, Finished};
+use coder_agent_auth::{Done, Failure, Finished};
 
 /// The stable exit codes (documented in `--help`, the README and the man page).
 fn exit_code(result: &Result<Done, Failure>) -> i32 {
@@ -26,7 +25,11 @@ fn exit_code(result: &Result<Done, Failure>) -> i32 {
 }
 
 fn main() {
-    let finished: Finished = coder_agent_auth::run(Cli::parse());
+    let finished: Finished = match coder_agent_auth::run_args(std::env::args_os()) {
+        Ok(finished) => finished,
+        // --help, --version: printed on stdout, exit 0.
+        Err(display) => display.exit(),
+    };
     let code = exit_code(&finished.result);
     let out = if finished.json {
         finished.render_json(code)

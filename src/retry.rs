@@ -42,6 +42,23 @@ impl Policy {
             .build()
     }
 
+    /// Run one step that is not retried (cloud detection) under the same
+    /// deadline.
+    pub async fn within<T>(&self, what: &str, step: impl Future<Output = T>) -> Result<T, Failure> {
+        match self.deadline {
+            None => Ok(step.await),
+            Some(d) => tokio::time::timeout_at(d, step)
+                .await
+                .map_err(|_| Failure::Timeout {
+                    why: format!(
+                        "the deadline (--timeout {}) passed while {what}",
+                        human(self.timeout.unwrap_or_default())
+                    ),
+                    last: format!("{what} did not finish before the deadline"),
+                }),
+        }
+    }
+
     /// Run `attempt` until it succeeds, fails permanently, or the deadline
     /// passes. Each attempt is itself cut off at the deadline. A server's
     /// `Retry-After` is honoured: the next attempt waits at least that long.
@@ -354,6 +371,22 @@ mod tests {
         assert_eq!(human(Duration::from_millis(119_900)), "119.9 s");
         assert_eq!(human(Duration::from_secs(120)), "2m 0s");
         assert_eq!(human(Duration::from_secs(3725)), "62m 5s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_step_is_cut_at_the_deadline_too() {
+        let p = Policy::new(Some(Duration::from_secs(1)));
+        let r = p
+            .within(
+                "detecting the cloud",
+                tokio::time::sleep(Duration::from_secs(2)),
+            )
+            .await;
+        let Err(Failure::Timeout { why, .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert!(why.contains("while detecting the cloud"), "{why}");
+        assert_eq!(p.within("x", async { 5 }).await.unwrap(), 5);
     }
 
     #[test]

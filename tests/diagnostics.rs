@@ -40,7 +40,7 @@ fn dmi_for(cloud: Cloud) -> tempfile::TempDir {
 
 /// A command with no --auth: detection decides. All metadata traffic goes to the sim.
 fn auto(sim: &Sim, dmi: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CODER_AGENT_URL", sim.coder_url())
@@ -197,6 +197,18 @@ fn detect_prints_every_signal_in_text_and_json() {
         lines[2]
     );
     assert!(sim.requests().is_empty());
+    assert!(!r.stdout.contains("note: --auth"), "{}", r.stdout);
+
+    // An explicit method is pointed out: the exchange would not detect at all.
+    let mut c = auto(&sim, dmi.path());
+    c.arg("detect").env("CODER_AGENT_AUTH", "aws");
+    let r = run(c);
+    assert!(
+        r.stdout
+            .contains("note: --auth / CODER_AGENT_AUTH names aws-instance-identity (aws)"),
+        "{}",
+        r.stdout
+    );
 
     let mut c = auto(&sim, dmi.path());
     c.args(["detect", "--json"]);

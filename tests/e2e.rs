@@ -150,7 +150,7 @@ fn run_on_vm(ns: &Netns, cloud: &str, args: &[&str]) -> Run {
         "-c",
         &script,
         "sh",
-        BIN,
+        &bin(),
     ]);
     c.args(args);
     c.env_clear()

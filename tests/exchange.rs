@@ -250,6 +250,45 @@ fn aws_requests_are_exactly_imdsv2() {
     );
 }
 
+/// A metadata server that keeps connections alive, writes each answer in two segments (header,
+/// then body) and leaves Nagle's algorithm on (Python's http.server and the emulators built on
+/// it) makes every answer after the first on a reused connection wait for the client's delayed
+/// ACK. So no metadata request may reuse a connection: each must arrive on one of its own,
+/// with --auth and with detection (whose probes go to the same server first).
+#[test]
+fn every_metadata_request_arrives_on_a_connection_of_its_own() {
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.keep_alive = true;
+    let sim = Sim::start(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let no_dmi = tempfile::tempdir().unwrap();
+    let explicit = command(&sim, &Cloud::Aws);
+    let mut detected = command(&sim, &Cloud::Aws);
+    detected
+        .env("CODER_AGENT_AUTH", "auto")
+        .env("CODER_AGENT_METADATA_ENDPOINT", sim.metadata_url())
+        .env("CODER_AGENT_AUTH_SYSFS_ROOT", no_dmi.path());
+    for (how, mut c, at_least) in [("--auth aws", explicit, 3), ("detection", detected, 4)] {
+        let before = metadata_requests(&sim).len();
+        c.arg("--token-file").arg(token_path(&dir, how));
+        let r = run(c);
+        assert_eq!(r.code, 0, "{how}: {r:?}");
+        let md = &metadata_requests(&sim)[before..];
+        assert!(md.len() >= at_least, "{how}: {md:?}");
+        let mut peers: Vec<_> = md.iter().map(|r| r.peer).collect();
+        peers.sort();
+        peers.dedup();
+        assert_eq!(
+            peers.len(),
+            md.len(),
+            "{how}: a connection was reused: {:?}",
+            md.iter()
+                .map(|r| format!("{} {} from {}", r.method, r.path, r.peer))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 #[test]
 fn gcp_request_is_exact() {
     let sim = start(Cloud::Gcp, &["main"]);
@@ -365,8 +404,8 @@ fn imdsv1_refused_after_the_fallback_says_the_instance_needs_imdsv2() {
     assert_eq!(r.code, 6, "{r:?}");
     assert!(
         r.stderr.contains(
-            "a token-less (IMDSv1) GET was refused: the instance requires IMDSv2, but the token \
-             PUT did not complete"
+            "a token-less (IMDSv1) GET was refused: the instance requires IMDSv2, whose token PUT \
+             did not complete, so the next attempt asks for a token again"
         ),
         "{}",
         r.stderr
@@ -795,7 +834,9 @@ fn exec_mode_hands_the_token_to_the_command() {
         .arg(format!(
             "echo \"$CODER_AGENT_AUTH $CODER_AGENT_TOKEN $$\" > {}",
             out.display()
-        ));
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let child = c.spawn().unwrap();
     let pid = child.id();
     let r: Run = child.wait_with_output().unwrap().into();
@@ -810,7 +851,13 @@ fn exec_mode_hands_the_token_to_the_command() {
         1,
         "no token file without --token-file"
     );
-    assert!(r.stdout.is_empty());
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("starting the command with CODER_AGENT_TOKEN set"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -903,7 +950,8 @@ fn tls_with_an_extra_ca_works_and_without_it_fails_clearly() {
     );
 
     let mut c = command(&sim, &Cloud::Aws);
-    c.args(["--timeout", "1s"])
+    // 3 s: the first TLS attempt must fit before the deadline even under qemu-user (aarch64).
+    c.args(["--timeout", "3s"])
         .arg("--token-file")
         .arg(token_path(&dir, "u"));
     let r = run(c);

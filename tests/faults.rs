@@ -286,7 +286,9 @@ fn tls_case(kind: CertKind, want: &str) {
     let ca = dir.path().join("ca.pem");
     fs::write(&ca, sim.ca_pem().unwrap()).unwrap();
     let mut c = command(&sim, &Cloud::Aws);
-    c.args(["--timeout", "1s"])
+    // 3 s: the first TLS attempt (trust store load, handshake) must fit before the deadline
+    // even when the binary runs under qemu-user, as the aarch64 packaging check runs it.
+    c.args(["--timeout", "3s"])
         .arg("--ca-cert")
         .arg(&ca)
         .arg("--token-file")

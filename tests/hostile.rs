@@ -135,7 +135,7 @@ fn identity_text_escapes_what_the_metadata_document_smuggles() {
         }
         .into()
     });
-    let mut c = std::process::Command::new(BIN);
+    let mut c = std::process::Command::new(bin());
     c.env_clear()
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &raw.url)
         .args(["identity", "--auth", "aws"]);

@@ -157,7 +157,7 @@ fn dmi_files_are_read_only_when_regular_and_small() {
     // What still decides: AWS.
     fs::write(id.join("board_asset_tag"), "i-0abc123def4567890\n").unwrap();
 
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CODER_AGENT_METADATA_ENDPOINT", sim.metadata_url())
@@ -643,7 +643,7 @@ fn in_private_run(sim: &Sim, script: &str, out: &Path) -> Run {
             u.env(k, v);
         }
     }
-    u.env("BIN", BIN)
+    u.env("BIN", bin())
         .env("OUT", out)
         .stdin(Stdio::null())
         .args(["--mount", "--propagation", "private", "sh", "-c"])
@@ -839,7 +839,7 @@ fn a_command_that_vanished_during_the_exchange_exits_127() {
 
 #[test]
 fn help_explains_every_exit_code() {
-    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let out = Command::new(bin()).arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
     for (code, words) in [
         ("2", "usage"),

@@ -181,7 +181,7 @@ impl Site {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("t.token");
         let mut c = self.ns.exec();
-        c.arg(BIN)
+        c.arg(bin())
             .args(["--timeout", "1s", "--token-file"])
             .arg(&token)
             .env_clear()

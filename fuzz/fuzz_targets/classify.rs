@@ -8,6 +8,7 @@
 
 use coder_agent_auth::parsers::{classify, parse_candidates, Answer, Redactor, ServerError};
 use coder_agent_auth::Failure;
+use std::sync::LazyLock;
 use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 
@@ -34,6 +35,13 @@ fn token_like(t: &str) -> bool {
 /// A signature as IMDS returns it: base64 in 64-column lines.
 const SIGNATURE: &str = "kUYOJJ06+WyfH2m0Vn4uNIAkeBkXBD3tYBPkbhDvFjMd2mEcyQQpKEQvUEPmXUo8gD0zQ0n\nU4bTpdHv4ZWeM5kBzXnHDHtvGMW1zjAanAfsEtZVXSOy/aM3K8yVmz2a11hxbmCJ1q\nPg4bjjYpBdFDbH0NCSd3ZmRaq0VVfQJXR8NqqDQ4r0=";
 
+/// Built once: the redactor holds the signature in all its forms.
+static REDACTOR: LazyLock<Redactor> = LazyLock::new(|| {
+    let mut r = Redactor::new();
+    r.add(SIGNATURE);
+    r
+});
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
@@ -51,15 +59,14 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let body = body.as_slice();
-    let mut redactor = Redactor::new();
-    redactor.add(SIGNATURE);
+    let redactor = &*REDACTOR;
     let answer = Answer {
         status,
         content_type,
         retry_after,
         body,
     };
-    let out = classify(&answer, &redactor);
+    let out = classify(&answer, redactor);
     // Coder's error bodies are JSON objects; other JSON shapes (arrays, which
     // serde's derive would also accept) are not a server error.
     let server: Option<ServerError> = match serde_json::from_slice(body) {

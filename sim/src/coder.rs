@@ -108,6 +108,9 @@ fn cloud_of_path(path: &str) -> Option<Cloud> {
         .find(|c| c.coder_path() == path)
 }
 
+/// Where coderd serves its CLI for Linux on x86-64 (`site/bin`).
+pub(crate) const CLI_PATH: &str = "/bin/coder-linux-amd64";
+
 /// `GET /api/v2/buildinfo` (codersdk.BuildInfoResponse, coderd/coderd.go): no authentication.
 fn buildinfo(shared: &Shared) -> Outcome {
     let v = &shared.cfg.coder_version;
@@ -135,6 +138,14 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
         } else {
             message(405, "Method not allowed.")
         };
+    }
+    if req.path == CLI_PATH {
+        if let Some(cli) = &shared.cfg.coder_cli {
+            if req.method != "GET" {
+                return message(405, "Method not allowed.");
+            }
+            return Response::new(200, "application/octet-stream", cli.clone()).into();
+        }
     }
     let Some(cloud) = cloud_of_path(&req.path) else {
         return message(404, "Route not found.");

@@ -132,6 +132,15 @@ pub struct SimConfig {
     pub imds_put_hangs: bool,
     /// Azure: more than 5 requests in any one-second window get 429, as the real IMDS does.
     pub azure_throttle: bool,
+    /// Serve the way Python's `http.server` and many emulators built on it do: HTTP/1.1
+    /// keep-alive (a connection serves request after request until the client closes it), each
+    /// answer written in two segments (the header block, then the body), and TCP_NODELAY off.
+    /// Off (the default): one request per connection, written in one segment, then closed.
+    /// Faults still apply; a faulted answer closes its connection.
+    pub keep_alive: bool,
+    /// The file the Coder server serves at `/bin/coder-linux-amd64`, as coderd serves its CLI
+    /// (`None`: 404, as for any unknown route).
+    pub coder_cli: Option<Vec<u8>>,
 }
 
 impl SimConfig {
@@ -149,6 +158,8 @@ impl SimConfig {
             imds_v1_only: false,
             imds_put_hangs: false,
             azure_throttle: true,
+            keep_alive: false,
+            coder_cli: None,
         }
     }
 

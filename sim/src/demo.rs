@@ -35,7 +35,7 @@ fn shown(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
@@ -155,7 +155,21 @@ fn mode_of(_p: &Path) -> String {
     "n/a".into()
 }
 
-pub(crate) fn run_demo(bin: Option<PathBuf>) -> Result<Vec<String>, String> {
+/// The demo's temporary directory, removed on drop unless kept.
+struct DemoDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+pub(crate) fn run_demo(bin: Option<PathBuf>, keep: bool) -> Result<Vec<String>, String> {
     let bin = match bin.or_else(default_bin) {
         Some(b) if b.is_file() => b,
         Some(b) => {
@@ -175,7 +189,15 @@ pub(crate) fn run_demo(bin: Option<PathBuf>) -> Result<Vec<String>, String> {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0)
     ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let guard = DemoDir { path: dir, keep };
+    let dir = guard.path.as_path();
 
     let sim = Sim::try_start(SimConfig::new(Cloud::Aws, &["main", "dev"]))
         .map_err(|e| format!("start the simulator: {e}"))?;
@@ -267,15 +289,22 @@ pub(crate) fn run_demo(bin: Option<PathBuf>) -> Result<Vec<String>, String> {
         stored.len() == 2 && stored[0].1 != stored[1].1 && !stored[0].1.is_empty(),
         "the two agents got distinct tokens",
     );
-    println!(
-        "  (files left in {}; the tokens are the simulator's, worth nothing)",
-        dir.display()
-    );
+    if keep {
+        println!(
+            "  (kept {}; the tokens are the simulator's, worth nothing)",
+            dir.display()
+        );
+    } else {
+        println!(
+            "  ({} is removed when the demo ends; --keep keeps it)",
+            dir.display()
+        );
+    }
     Ok(checks.failures)
 }
 
-pub(crate) fn run(bin: Option<PathBuf>) -> ExitCode {
-    match run_demo(bin) {
+pub(crate) fn run(bin: Option<PathBuf>, keep: bool) -> ExitCode {
+    match run_demo(bin, keep) {
         Ok(failures) if failures.is_empty() => {
             println!();
             println!("demo OK: ambiguity reported with exit 3 and both names; main and dev each stored the distinct token Coder issued to them.");

@@ -1,5 +1,7 @@
-//! A small HTTP/1.1 server: one request per connection, always `Connection: close`. Hand-rolled
-//! so that faults (resets, trickles, truncations, hangs) can be injected at the byte level.
+//! A small HTTP/1.1 server: one request per connection, always `Connection: close` (or, with
+//! `keep_alive`, request after request on one connection, each answer in two segments, as
+//! Python's `http.server` does). Hand-rolled so that faults (resets, trickles, truncations,
+//! hangs) can be injected at the byte level.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub(crate) struct Request {
     pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Sent as HTTP/1.0 (whose connections close unless the client asks for keep-alive).
+    pub http10: bool,
 }
 
 impl Request {
@@ -106,6 +110,11 @@ impl Response {
     }
 
     fn head(&self) -> Vec<u8> {
+        self.head_with(true)
+    }
+
+    /// The status line and headers; `Connection: close` only when the connection then closes.
+    fn head_with(&self, close: bool) -> Vec<u8> {
         let mut h = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (k, v) in &self.headers {
             h.push_str(k);
@@ -113,10 +122,11 @@ impl Response {
             h.push_str(v);
             h.push_str("\r\n");
         }
-        h.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.body.len()
-        ));
+        h.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        if close {
+            h.push_str("Connection: close\r\n");
+        }
+        h.push_str("\r\n");
         h.into_bytes()
     }
 
@@ -197,8 +207,9 @@ fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Decode a complete chunked body from `buf`: Ok(None) when more bytes are needed.
-fn decode_chunked(buf: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+/// Decode a complete chunked body from `buf`: the body and how many bytes of `buf` it took, or
+/// Ok(None) when more bytes are needed.
+fn decode_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, ()> {
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
@@ -217,7 +228,7 @@ fn decode_chunked(buf: &[u8]) -> Result<Option<Vec<u8>>, ()> {
                 };
                 pos += eol + 2;
                 if eol == 0 {
-                    return Ok(Some(out));
+                    return Ok(Some((out, pos)));
                 }
             }
         }
@@ -240,11 +251,12 @@ fn bad_request() -> ReadError {
     ))
 }
 
-async fn read_request<S: Conn>(s: &mut S) -> Result<Request, ReadError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(2048);
+/// Read one request. `buf` holds bytes already read from the connection; on success it is left
+/// holding whatever followed the request (the start of the next one on a kept-alive connection).
+async fn read_request<S: Conn>(s: &mut S, buf: &mut Vec<u8>) -> Result<Request, ReadError> {
     let mut chunk = [0u8; 8192];
     let head_end = loop {
-        if let Some(p) = find_subslice(&buf, b"\r\n\r\n") {
+        if let Some(p) = find_subslice(buf, b"\r\n\r\n") {
             break p;
         }
         if buf.len() > MAX_HEAD {
@@ -315,7 +327,10 @@ async fn read_request<S: Conn>(s: &mut S) -> Result<Request, ReadError> {
         let mut sent_continue = false;
         loop {
             match decode_chunked(&rest) {
-                Ok(Some(b)) => break b,
+                Ok(Some((b, used))) => {
+                    *buf = rest.split_off(used);
+                    break b;
+                }
                 Ok(None) => {}
                 Err(()) => return Err(bad_request()),
             }
@@ -348,7 +363,7 @@ async fn read_request<S: Conn>(s: &mut S) -> Result<Request, ReadError> {
             }
             rest.extend_from_slice(&chunk[..n]);
         }
-        rest.truncate(want);
+        *buf = rest.split_off(want);
         rest
     };
     Ok(Request {
@@ -358,6 +373,7 @@ async fn read_request<S: Conn>(s: &mut S) -> Result<Request, ReadError> {
         query,
         headers,
         body,
+        http10: version == "HTTP/1.0",
     })
 }
 
@@ -376,7 +392,9 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        if !shared.cfg.keep_alive {
+            let _ = stream.set_nodelay(true);
+        }
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -431,28 +449,65 @@ async fn trickle<S: Conn>(s: &mut S, bytes: &[u8], bytes_per_sec: u32) {
     finish(s).await;
 }
 
+/// Does the request end its connection (`Connection: close`, or HTTP/1.0 without keep-alive)?
+fn wants_close(req: &Request) -> bool {
+    let conn = req.header("connection").unwrap_or("").to_ascii_lowercase();
+    conn.split(',').any(|t| t.trim() == "close")
+        || (req.http10 && !conn.split(',').any(|t| t.trim() == "keep-alive"))
+}
+
 async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared: Arc<Shared>) {
-    let req = match timeout(READ_TIMEOUT, read_request(&mut s)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(ReadError::Reject(resp))) => {
-            send(&mut s, &resp).await;
-            return;
+    let mut buf = Vec::new();
+    loop {
+        let req = match timeout(READ_TIMEOUT, read_request(&mut s, &mut buf)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(ReadError::Reject(resp))) => {
+                send(&mut s, &resp).await;
+                return;
+            }
+            Ok(Err(ReadError::Close)) | Err(_) => return,
+        };
+        shared.record(Recorded {
+            target,
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            headers: req.headers.clone(),
+            body: req.body.clone(),
+            peer,
+        });
+        let fault = shared.take_fault(target, &req.target);
+        if fault.is_none() && shared.cfg.keep_alive && !wants_close(&req) {
+            match handle(&shared, target, &req) {
+                Outcome::Respond(resp) => {
+                    // As http.server does: the header block at end_headers, then the body.
+                    if s.write_all(&resp.head_with(false)).await.is_err()
+                        || s.flush().await.is_err()
+                        || s.write_all(&resp.body).await.is_err()
+                        || s.flush().await.is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Outcome::Hang => return hang().await,
+            }
         }
-        Ok(Err(ReadError::Close)) | Err(_) => return,
-    };
-    shared.record(Recorded {
-        target,
-        method: req.method.clone(),
-        path: req.path.clone(),
-        query: req.query.clone(),
-        headers: req.headers.clone(),
-        body: req.body.clone(),
-        peer,
-    });
-    let fault = shared.take_fault(target, &req.target);
-    let normal = |shared: &Shared| handle(shared, target, &req);
+        return answer_and_close(s, &shared, target, &req, fault).await;
+    }
+}
+
+/// Answer one request (normally, or as `fault` says), then close the connection.
+async fn answer_and_close<S: Conn>(
+    mut s: S,
+    shared: &Shared,
+    target: Target,
+    req: &Request,
+    fault: Option<FaultKind>,
+) {
+    let normal = |shared: &Shared| handle(shared, target, req);
     match fault {
-        None => match normal(&shared) {
+        None => match normal(shared) {
             Outcome::Respond(resp) => send(&mut s, &resp).await,
             Outcome::Hang => hang().await,
         },
@@ -507,7 +562,7 @@ async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared:
         }
         Some(FaultKind::Delay(d)) => {
             tokio::time::sleep(d).await;
-            match normal(&shared) {
+            match normal(shared) {
                 Outcome::Respond(resp) => send(&mut s, &resp).await,
                 Outcome::Hang => hang().await,
             }
@@ -517,7 +572,7 @@ async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared:
             s.set_reset_on_close();
             drop(s);
         }
-        Some(FaultKind::Trickle { bytes_per_sec }) => match normal(&shared) {
+        Some(FaultKind::Trickle { bytes_per_sec }) => match normal(shared) {
             Outcome::Respond(resp) => trickle(&mut s, &resp.to_bytes(), bytes_per_sec).await,
             Outcome::Hang => hang().await,
         },
@@ -530,7 +585,7 @@ async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared:
             let resp = Response::new(200, "text/plain; charset=utf-8", vec![b'a'; n]);
             send(&mut s, &resp).await;
         }
-        Some(FaultKind::Truncate) => match normal(&shared) {
+        Some(FaultKind::Truncate) => match normal(shared) {
             Outcome::Respond(resp) => {
                 let mut bytes = resp.head();
                 bytes.extend_from_slice(&resp.body[..resp.body.len() / 2]);
@@ -572,7 +627,7 @@ mod tests {
     fn chunked_bodies_decode() {
         assert_eq!(
             decode_chunked(b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n"),
-            Ok(Some(b"Wikipedia".to_vec()))
+            Ok(Some((b"Wikipedia".to_vec(), 30)))
         );
         assert_eq!(decode_chunked(b"4\r\nWi"), Ok(None));
         assert_eq!(decode_chunked(b"zz\r\n"), Err(()));

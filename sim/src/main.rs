@@ -3,11 +3,12 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use coder_agent_auth_sim::{serve_blocking, Cloud, Sim, SimConfig};
+use coder_agent_auth_sim::{serve_blocking, Cloud, Fault, FaultKind, Sim, SimConfig};
 
 mod demo;
 
@@ -24,8 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve one cloud's metadata service and a Coder server until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    /// Serve one cloud's metadata service and a Coder server until SIGTERM or SIGINT, and print
+    /// the `export` lines that point coder-agent-auth at them (--json: one JSON line).
+    Serve(Box<ServeArgs>),
     /// Run coder-agent-auth against a simulated AWS with the agents `main` and `dev`.
     Demo(DemoArgs),
 }
@@ -50,6 +52,10 @@ struct ServeArgs {
     /// Once listening, write {"metadata_url":..,"coder_url":..} here (atomically).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Once listening, print that JSON object as one line on stdout instead of the
+    /// ready-to-paste `export` lines.
+    #[arg(long)]
+    json: bool,
     /// Append one JSON line per request received.
     #[arg(long)]
     request_log: Option<PathBuf>,
@@ -76,6 +82,19 @@ struct ServeArgs {
     /// Azure: do not answer 429 beyond 5 requests a second.
     #[arg(long)]
     no_azure_throttle: bool,
+    /// Serve this file at /bin/coder-linux-amd64 on the Coder server, as coderd serves its CLI.
+    #[arg(long, value_name = "FILE")]
+    coder_cli: Option<PathBuf>,
+    /// The first N exchange requests get coderd's 404 "Instance with id ... not found." (the
+    /// workspace build has not registered the instance yet).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    coder_not_registered: usize,
+    /// Delay the first --metadata-delay-times metadata requests by this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    metadata_delay_ms: u64,
+    /// How many metadata requests --metadata-delay-ms applies to.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    metadata_delay_times: usize,
 }
 
 #[derive(Args)]
@@ -83,6 +102,9 @@ struct DemoArgs {
     /// The coder-agent-auth binary (default: next to this executable).
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// Keep the temporary directory with the token files (removed by default).
+    #[arg(long)]
+    keep: bool,
 }
 
 fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -95,6 +117,68 @@ fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+/// What `serve` prints for people: comments, then `export` lines to paste into another shell,
+/// which point coder-agent-auth at this simulator the way a user would (each cloud's own
+/// endpoint variable; Azure has none, so the generic one).
+fn exports(sim: &Sim, ca_file: Option<&Path>) -> String {
+    let cfg = sim.config();
+    let (metadata_var, metadata_value, method) = match cfg.cloud {
+        Cloud::Aws => (
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            sim.metadata_url(),
+            "aws-instance-identity",
+        ),
+        Cloud::Gcp => (
+            "GCE_METADATA_HOST",
+            sim.metadata_host_port(),
+            "google-instance-identity",
+        ),
+        Cloud::Azure => (
+            "CODER_AGENT_METADATA_ENDPOINT",
+            sim.metadata_url(),
+            "azure-instance-identity",
+        ),
+    };
+    let agents = if cfg.agents.is_empty() {
+        "none (the instance is unknown to Coder)".to_string()
+    } else {
+        cfg.agents.join(", ")
+    };
+    let example = match cfg.agents.as_slice() {
+        [] => String::new(),
+        [_] => " --token-file /tmp/agent.token".to_string(),
+        [first, ..] => format!(
+            " --agent-name {} --token-file /tmp/{}.token",
+            demo::shell_quote(first),
+            demo::shell_quote(first)
+        ),
+    };
+    let mut vars = vec![
+        (metadata_var, metadata_value),
+        ("CODER_AGENT_URL", sim.coder_url()),
+        ("CODER_AGENT_AUTH", method.to_string()),
+    ];
+    if let Some(ca) = ca_file {
+        vars.push(("CODER_AGENT_CA_CERT", ca.display().to_string()));
+    }
+    let mut out = format!(
+        "# coder-agent-auth-sim: a simulated {} instance ({}) with the agents: {agents}\n\
+         #   metadata service: {}\n\
+         #   Coder ({}): {}\n\
+         # Paste these lines into another shell, then run: coder-agent-auth{example}\n\
+         # (stop the simulator with Ctrl-C; --json prints one JSON line instead)\n",
+        cfg.cloud.name(),
+        sim.instance_id(),
+        sim.metadata_url(),
+        cfg.coder_version,
+        sim.coder_url(),
+    );
+    for (k, v) in vars {
+        out.push_str(&format!("export {k}={}\n", demo::shell_quote(&v)));
+    }
+    out
 }
 
 fn serve(a: ServeArgs) -> ExitCode {
@@ -115,7 +199,36 @@ fn serve(a: ServeArgs) -> ExitCode {
     cfg.coder_version = a.coder_version;
     cfg.structured_409 = a.structured_409;
     cfg.azure_throttle = !a.no_azure_throttle;
+    if let Some(path) = &a.coder_cli {
+        match std::fs::read(path) {
+            Ok(bytes) => cfg.coder_cli = Some(bytes),
+            Err(e) => {
+                eprintln!(
+                    "coder-agent-auth-sim: cannot read --coder-cli {}: {e}\nfix: pass a readable file",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if a.coder_not_registered > 0 {
+        cfg.faults.push(
+            Fault::coder_not_registered(a.coder_not_registered).on_path(a.cloud.coder_path()),
+        );
+    }
+    if a.metadata_delay_ms > 0 && a.metadata_delay_times > 0 {
+        cfg.faults.push(Fault::metadata(
+            FaultKind::Delay(std::time::Duration::from_millis(a.metadata_delay_ms)),
+            a.metadata_delay_times,
+        ));
+    }
     let ready_file = a.ready_file;
+    let json = a.json;
+    // Text mode with --coder-tls: the CA goes to a file the exports name, in a new private
+    // directory removed on exit.
+    let ca_dir = std::env::temp_dir().join(format!("coder-agent-auth-sim-{}", std::process::id()));
+    let ca_file = ca_dir.join("ca.pem");
+    let mut wrote_ca = false;
     let on_ready = |sim: &Sim| -> std::io::Result<()> {
         let line = serde_json::json!({
             "metadata_url": sim.metadata_url(),
@@ -131,17 +244,36 @@ fn serve(a: ServeArgs) -> ExitCode {
         if let Some(p) = &ready_file {
             write_atomically(p, &format!("{line}\n"))?;
         }
+        let text = if json {
+            format!("{line}\n")
+        } else {
+            let ca = match sim.ca_pem() {
+                Some(pem) => {
+                    std::fs::DirBuilder::new().mode(0o700).create(&ca_dir)?;
+                    wrote_ca = true;
+                    write_atomically(&ca_file, &pem)?;
+                    Some(ca_file.as_path())
+                }
+                None => None,
+            };
+            exports(sim, ca)
+        };
+        // Written at once, so that a reader polling a redirected stdout sees every line together.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}")?;
+        out.write_all(text.as_bytes())?;
         out.flush()
     };
-    match serve_blocking(
+    let served = serve_blocking(
         cfg,
         a.metadata_addr,
         a.coder_addr,
         a.request_log.as_deref(),
         on_ready,
-    ) {
+    );
+    if wrote_ca {
+        let _ = std::fs::remove_dir_all(&ca_dir);
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("coder-agent-auth-sim: {e}");
@@ -153,7 +285,7 @@ fn serve(a: ServeArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(a) => serve(a),
-        Command::Demo(a) => demo::run(a.bin),
+        Command::Serve(a) => serve(*a),
+        Command::Demo(a) => demo::run(a.bin, a.keep),
     }
 }

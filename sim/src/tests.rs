@@ -1132,3 +1132,98 @@ fn drop_closes_hanging_connections() {
     assert!(res.is_ok() || res.unwrap_err().kind() == std::io::ErrorKind::ConnectionReset);
     assert!(out.is_empty());
 }
+
+/// Read one answer with a Content-Length body from a kept-alive connection.
+fn read_one(s: &mut TcpStream, pending: &mut Vec<u8>) -> Resp {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = parse_response(&pending[..end + 4]);
+            let len: usize = head.header("content-length").unwrap().parse().unwrap();
+            if pending.len() >= end + 4 + len {
+                let rest = pending.split_off(end + 4 + len);
+                let r = parse_response(pending);
+                *pending = rest;
+                return r;
+            }
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before a whole answer");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn keep_alive_serves_request_after_request_on_one_connection() {
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.keep_alive = true;
+    let sim = Sim::start(cfg);
+    let mut s = TcpStream::connect(sim.metadata_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut pending = Vec::new();
+    s.write_all(&raw_request(
+        "PUT",
+        "/latest/api/token",
+        &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+        b"",
+    ))
+    .unwrap();
+    let r = read_one(&mut s, &mut pending);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), None, "kept alive");
+    let token = r.text();
+    // Two requests sent at once (pipelined): both answered, in order, on the same connection.
+    let get = |p: &str| {
+        raw_request(
+            "GET",
+            p,
+            &[("X-aws-ec2-metadata-token", token.as_str())],
+            b"",
+        )
+    };
+    let mut two = get("/latest/dynamic/instance-identity/signature");
+    two.extend(get("/latest/dynamic/instance-identity/document"));
+    s.write_all(&two).unwrap();
+    let sig = read_one(&mut s, &mut pending);
+    let doc = read_one(&mut s, &mut pending);
+    assert_eq!(sig.status, 200);
+    assert_eq!(doc.status, 200);
+    assert!(doc.json()["instanceId"].is_string(), "{}", doc.text());
+    // Connection: close is honoured: answered, then closed.
+    s.write_all(&raw_request(
+        "GET",
+        "/latest/meta-data/",
+        &[("Connection", "close")],
+        b"",
+    ))
+    .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    pending.extend(rest);
+    let last = parse_response(&pending);
+    assert_eq!(last.header("connection"), Some("close"));
+    let peers: Vec<_> = sim.requests().iter().map(|r| r.peer).collect();
+    assert_eq!(peers.len(), 4);
+    assert!(peers.iter().all(|p| *p == peers[0]), "{peers:?}");
+}
+
+#[test]
+fn coder_serves_its_cli_only_when_given_one() {
+    let sim = Sim::start(SimConfig::new(Cloud::Aws, &["main"]));
+    let r = request(sim.coder_addr(), "GET", "/bin/coder-linux-amd64", &[], b"");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.message(), "Route not found.");
+
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.coder_cli = Some(b"#!/bin/sh\necho stand-in\n".to_vec());
+    // A not-registered fault limited to the exchange path leaves the download alone.
+    let cfg = cfg.with_fault(Fault::coder_not_registered(5).on_path(Cloud::Aws.coder_path()));
+    let sim = Sim::start(cfg);
+    let r = request(sim.coder_addr(), "GET", "/bin/coder-linux-amd64", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.body, b"#!/bin/sh\necho stand-in\n");
+    let r = request(sim.coder_addr(), "POST", "/bin/coder-linux-amd64", &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(sim.fault_counts(), vec![0]);
+}

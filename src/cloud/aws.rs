@@ -176,7 +176,8 @@ impl AwsFetcher {
                 TokenAnswer::Token(t) => Some(t),
                 TokenAnswer::Unavailable(reason) => {
                     tracing::warn!(
-                        "IMDSv2 token request {reason}; falling back to IMDSv1 (token-less GETs). {HOP_LIMIT_FIX}"
+                        "IMDSv2 token request {reason}; falling back to IMDSv1 (token-less GETs; \
+                         if the instance refuses them, the token is asked for again). {HOP_LIMIT_FIX}"
                     );
                     self.v1.store(true, Ordering::Relaxed);
                     None
@@ -282,7 +283,8 @@ impl AwsFetcher {
                 self.v1.store(false, Ordering::Relaxed);
                 Err(status_error_401(&resp, what).hint(format!(
                     "a token-less (IMDSv1) GET was refused: the instance requires IMDSv2, \
-                     but the token PUT did not complete; {HOP_LIMIT_FIX}"
+                     whose token PUT did not complete, so the next attempt asks for a token \
+                     again (a VM that is merely slow at boot gets one then); {HOP_LIMIT_FIX}"
                 )))
             }
             401 => Err(status_error_401(&resp, what)

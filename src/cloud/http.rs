@@ -188,6 +188,15 @@ impl MetadataClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(crate::USER_AGENT)
+            // A fresh connection for every metadata request; none is kept for reuse.
+            // Many metadata servers (Python's http.server and what is built on it) keep the
+            // connection alive, write the header and the body of an answer in two segments,
+            // and leave Nagle's algorithm on, so the body waits for the header's ACK. On a
+            // reused connection our kernel delays that ACK (about 40 ms: the connection is
+            // past its quick-ACK start), and each answer after the first stalls that long.
+            // A new connection ACKs at once. Connecting to a link-local or loopback address
+            // costs microseconds; the stall costs 40 ms per request.
+            .pool_max_idle_per_host(0)
             // Metadata services are plain http: skip loading the OS trust store.
             .tls_backend_preconfigured(crate::tls::unused_tls_config())
             // metadata.google.internal is always 169.254.169.254 on GCE; resolving it

@@ -11,7 +11,12 @@ pub use coder_agent_auth_sim::{
     CertKind, Cloud, Fault, FaultKind, Recorded, Sim, SimConfig, Target,
 };
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_coder-agent-auth");
+/// The binary under test: the one cargo built for this test run, or a prebuilt one named by
+/// `CODER_AGENT_AUTH_TEST_BIN` (packaging CI runs the suite against the release binaries).
+pub fn bin() -> String {
+    std::env::var("CODER_AGENT_AUTH_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_coder-agent-auth").to_string())
+}
 
 /// The result of one run, as a user sees it.
 #[derive(Debug)]
@@ -46,7 +51,7 @@ pub fn auth_of(cloud: &Cloud) -> &'static str {
 /// A command with a clean environment pointed at `sim` the way a user would:
 /// each cloud's own endpoint convention (Azure has none, so the generic flag).
 pub fn command(sim: &Sim, cloud: &Cloud) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CODER_AGENT_URL", sim.coder_url())

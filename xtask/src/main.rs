@@ -66,7 +66,22 @@ fn dist(dir: &Path) -> Result<Vec<PathBuf>, String> {
 
     let man_dir = dir.join("man");
     fs::create_dir_all(&man_dir).map_err(|e| format!("creating {}: {e}", man_dir.display()))?;
-    for (name, page) in man_pages()? {
+    // The .deb takes DIR/man/*.1: a page an earlier version wrote must not ship.
+    let pages = man_pages()?;
+    let entries =
+        fs::read_dir(&man_dir).map_err(|e| format!("reading {}: {e}", man_dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("reading {}: {e}", man_dir.display()))?
+            .path();
+        let current = pages
+            .iter()
+            .any(|(name, _)| path.file_name() == Some(format!("{name}.1").as_ref()));
+        if path.extension().is_some_and(|e| e == "1") && !current {
+            fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        }
+    }
+    for (name, page) in pages {
         let path = man_dir.join(format!("{name}.1"));
         write(&path, &page)?;
         written.push(path);
@@ -89,9 +104,11 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// (page name, roff) for the main command and for each visible subcommand
-/// (`coder-agent-auth-detect`, ..., `-help`), which the main page's SUBCOMMANDS section refers to.
+/// (`coder-agent-auth-detect`, ...), which the main page's SUBCOMMANDS section refers to.
+/// clap's `help` subcommand gets no page (it would only repeat `--help`), so the main page
+/// does not list it.
 fn man_pages() -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut cmd = command();
+    let mut cmd = command().disable_help_subcommand(true);
     cmd.build();
     // Each page's footer names the product and its version, the subcommands' too.
     let source = format!("{BIN} {}", cmd.get_version().unwrap_or_default());
@@ -322,6 +339,16 @@ mod tests {
             names.contains(&"coder-agent-auth-identity".to_string()),
             "{names:?}"
         );
+        assert!(
+            !names.contains(&"coder-agent-auth-help".to_string()),
+            "no page for clap's help subcommand: {names:?}"
+        );
+        let main = String::from_utf8(man_pages().unwrap().remove(0).1).unwrap();
+        assert!(main.contains("coder\\-agent\\-auth\\-detect(1)"), "{main}");
+        assert!(
+            !main.contains("coder\\-agent\\-auth\\-help"),
+            "the main page refers to no help page: {main}"
+        );
     }
 
     #[test]
@@ -338,7 +365,13 @@ mod tests {
     fn dist_writes_the_expected_files() {
         let dir = std::env::temp_dir().join(format!("xtask-dist-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
+        // A page from an earlier version is removed; other files are left alone.
+        fs::create_dir_all(dir.join("man")).unwrap();
+        fs::write(dir.join("man/coder-agent-auth-help.1"), "old").unwrap();
+        fs::write(dir.join("man/notes.txt"), "mine").unwrap();
         dist(&dir).unwrap();
+        assert!(dir.join("man/notes.txt").exists());
+        fs::remove_file(dir.join("man/notes.txt")).unwrap();
         for rel in [
             "man/coder-agent-auth.1",
             "completions/coder-agent-auth.bash",
@@ -348,6 +381,19 @@ mod tests {
             let meta = fs::metadata(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
             assert!(meta.len() > 100, "{rel} is nearly empty");
         }
+        let mut pages: Vec<String> = fs::read_dir(dir.join("man"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        pages.sort();
+        assert_eq!(
+            pages,
+            [
+                "coder-agent-auth-detect.1",
+                "coder-agent-auth-identity.1",
+                "coder-agent-auth.1"
+            ]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,300 @@
+//! What a user reads: command-line errors (values that start with `-`, and
+//! under `--json`), the deadline's reason, the ambiguous message under
+//! `--json`, the `cloud` field of every log line, and the order of `detect`'s
+//! probes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn json_line(r: &Run) -> Value {
+    let lines: Vec<_> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one JSON object: {:?}", r.stdout);
+    serde_json::from_str(lines[0]).expect("JSON on stdout")
+}
+
+#[test]
+fn a_value_starting_with_a_dash_is_explained_with_the_equals_form() {
+    let sim = start(Cloud::Aws, &["main", "-dash"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "-dash", "--token-file"])
+        .arg(token_path(&dir, "t"));
+    let r = run(c);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr.starts_with("coder-agent-auth: error: "),
+        "the tool's own usage error: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("write --agent-name=-dash"),
+        "the fix: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("-- -d"),
+        "no tip to put the value after --, which would make it the COMMAND: {}",
+        r.stderr
+    );
+    assert!(sim.requests().is_empty(), "nothing sent");
+
+    // What the message says to write works.
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name=-dash", "--token-file"])
+        .arg(token_path(&dir, "t"));
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    let posted = coder_requests(&sim);
+    let body: Value = serde_json::from_slice(&posted[0].body).unwrap();
+    assert_eq!(body["agent_name"], "-dash");
+    assert_eq!(
+        std::fs::read_to_string(token_path(&dir, "t"))
+            .unwrap()
+            .trim_end(),
+        issued(&sim, "-dash")
+    );
+}
+
+#[test]
+fn an_unknown_option_gets_no_tip_to_use_double_dash() {
+    let mut c = std::process::Command::new(bin());
+    c.env_clear().args(["--agent-nam", "main"]);
+    let r = run(c);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("'--agent-name'"), "{}", r.stderr);
+    assert!(!r.stderr.contains("-- --agent-nam"), "{}", r.stderr);
+    assert!(r.stderr.contains("--option=--agent-nam"), "{}", r.stderr);
+}
+
+#[test]
+fn command_line_errors_under_json_print_the_usage_object() {
+    for args in [
+        &["--json", "--agent-name", "-dash"][..],
+        &["--json", "--bogus"][..],
+        &["--json", "--timeout"][..],
+        &["--log-format", "xml", "--json"][..],
+        &["detect", "--json", "--bogus"][..],
+        &["identity", "--json", "--raw=yes"][..],
+    ] {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args(args);
+        let r = run(c);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        let v = json_line(&r);
+        assert_eq!(v["status"], "usage", "{args:?}: {v}");
+        assert_eq!(v["exit_code"], 2, "{args:?}: {v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(!message.is_empty() && !message.starts_with("error:"), "{v}");
+        assert!(
+            r.stderr.starts_with("coder-agent-auth: error: "),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    let mut c = std::process::Command::new(bin());
+    c.env_clear().args(["--json", "--agent-name", "-dash"]);
+    let v = json_line(&run(c));
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("write --agent-name=-dash"),
+        "{v}"
+    );
+    // After `--`, --json belongs to the COMMAND.
+    let mut c = std::process::Command::new(bin());
+    c.env_clear().args(["--bogus", "--", "--json"]);
+    let r = run(c);
+    assert_eq!(r.code, 2);
+    assert!(r.stdout.is_empty(), "{r:?}");
+}
+
+#[test]
+fn help_and_version_still_print_on_stdout_with_exit_0() {
+    for (args, want) in [
+        (&["--help"][..], "Usage: coder-agent-auth"),
+        (&["--json", "--help"][..], "Usage: coder-agent-auth"),
+        (&["detect", "--help"][..], "Usage: coder-agent-auth detect"),
+        (&["--version"][..], "coder-agent-auth "),
+    ] {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args(args);
+        let r = run(c);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert!(r.stdout.contains(want), "{args:?}: {}", r.stdout);
+        assert!(r.stderr.is_empty(), "{args:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn the_ambiguous_message_under_json_does_not_point_at_stdout() {
+    let sim = start(Cloud::Aws, &["main", "dev"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--json", "--token-file"])
+        .arg(token_path(&dir, "t"));
+    let r = run(c);
+    assert_eq!(r.code, 3, "{r:?}");
+    let v = json_line(&r);
+    assert_eq!(v["status"], "ambiguous");
+    assert_eq!(v["candidates"], serde_json::json!(["dev", "main"]));
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains("--agent-name"), "{message}");
+    assert!(!message.contains("stdout"), "stdout holds JSON: {message}");
+}
+
+#[test]
+fn the_deadline_message_says_why_the_retries_stopped() {
+    // A Coder that answers 503 to everything, and --timeout as a bare number (seconds).
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::coder(
+        FaultKind::Status {
+            status: 503,
+            content_type: "text/plain".into(),
+            body: "upstream unavailable\n".into(),
+        },
+        usize::MAX,
+    )];
+    let sim = Sim::start(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "main", "--timeout", "3"])
+        .arg("--token-file")
+        .arg(token_path(&dir, "t"));
+    let started = Instant::now();
+    let r = run(c);
+    let took = started.elapsed();
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(took < Duration::from_secs(10), "bounded: {took:?}");
+    let error = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("coder-agent-auth: error: gave up: "))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    // Almost always the next backoff would end past the deadline; rarely the deadline falls
+    // inside an attempt. Either way the message says which, and 3 was read as seconds.
+    let next_would_not_fit = error.contains("would start after the deadline (--timeout 3.0 s, ")
+        && error.contains("attempt(s) made");
+    let cut_mid_attempt = error.contains("the deadline (--timeout 3.0 s) passed while attempt ")
+        && error.contains("was still waiting for an answer");
+    assert!(next_would_not_fit || cut_mid_attempt, "{error}");
+    assert!(!r.stderr.contains("passed while retrying"), "{}", r.stderr);
+    assert!(r.stderr.contains("last error: "), "{}", r.stderr);
+    assert!(r.stderr.contains("503"), "{}", r.stderr);
+    assert!(!token_path(&dir, "t").exists());
+}
+
+/// Every `cloud` value anywhere in a JSON log line.
+fn cloud_fields(v: &Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "cloud" {
+                    out.push(v.clone());
+                }
+                cloud_fields(v, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| cloud_fields(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_log_line_names_the_cloud_by_its_id() {
+    for (cloud, id) in [
+        (Cloud::Aws, "aws"),
+        (Cloud::Gcp, "gcp"),
+        (Cloud::Azure, "azure"),
+    ] {
+        let mut cfg = SimConfig::new(cloud, &["main", "dev"]);
+        cfg.faults = vec![Fault::coder_not_registered(1)];
+        // Four runs in quick succession: no 429 from Azure's 5-a-second limit.
+        cfg.azure_throttle = false;
+        let sim = Sim::start(cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let no_dmi = tempfile::tempdir().unwrap();
+        let runs: &[&[&str]] = &[
+            &["--agent-name", "main"], // detected by probe, one retry, success
+            &[],                       // 409
+            &["detect"],
+            &["identity"],
+        ];
+        let mut seen = 0;
+        for args in runs {
+            // --auth auto over the generic endpoint: the detection's line too.
+            let mut c = std::process::Command::new(bin());
+            c.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("CODER_AGENT_URL", sim.coder_url())
+                .env("CODER_AGENT_METADATA_ENDPOINT", sim.metadata_url())
+                .env("CODER_AGENT_AUTH_SYSFS_ROOT", no_dmi.path())
+                .args(*args)
+                .args(["-v", "--log-format", "json"]);
+            if !args
+                .first()
+                .is_some_and(|a| ["detect", "identity"].contains(a))
+            {
+                c.arg("--token-file").arg(token_path(&dir, "t"));
+            }
+            let r = run(c);
+            assert!([0, 3].contains(&r.code), "{args:?}: {r:?}");
+            for line in r.stderr.lines().filter(|l| l.starts_with('{')) {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{e}: a log line that is not JSON: {line}"));
+                let mut clouds = Vec::new();
+                cloud_fields(&v, &mut clouds);
+                for c in clouds {
+                    assert_eq!(c, id, "{args:?}: {line}");
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 6, "{cloud:?}: only {seen} lines named the cloud");
+    }
+}
+
+#[test]
+fn detect_lists_the_probes_in_registry_order_whatever_answers_first() {
+    // The Azure probe is the slowest (its service never answers, so it times out); the
+    // others are refused at once. The listing keeps the same order all the same.
+    let mut cfg = SimConfig::new(Cloud::Azure, &["main"]);
+    cfg.faults = vec![Fault::metadata(FaultKind::Hang, usize::MAX).on_path("/metadata/instance")];
+    let sim = Sim::start(cfg);
+    let no_dmi = tempfile::tempdir().unwrap();
+    let detect = |json: bool| {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear()
+            .env("CODER_AGENT_METADATA_ENDPOINT", sim.metadata_url())
+            .env("CODER_AGENT_AUTH_SYSFS_ROOT", no_dmi.path())
+            .arg("detect");
+        if json {
+            c.arg("--json");
+        }
+        run(c)
+    };
+    let r = detect(true);
+    assert_eq!(r.code, 5, "{r:?}");
+    let v = json_line(&r);
+    let order: Vec<_> = v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["cloud"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["azure", "gcp", "aws"], "{v}");
+    let r = detect(false);
+    let probes: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "probes:")
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(probes, ["azure", "gcp", "aws"], "{}", r.stdout);
+}
