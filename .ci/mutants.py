@@ -5,7 +5,7 @@ Every mutant of the product's core (CORE below) is built and run against the
 test suites named in .cargo/mutants.toml. Prints the score per file, (caught + timeout +
 equivalent) out of the viable mutants, and every mutant that no test caught.
 
-    .ci/mutants.py                        # every mutant of the core (hours on 2 busy cores)
+    .ci/mutants.py -- -j 2                # every mutant of the core (about an hour on 2 cores)
     .ci/mutants.py -- -f src/sink.rs      # one file (after --: cargo mutants options)
     .ci/mutants.py --in-diff REV          # only mutants on lines changed since REV
     .ci/mutants.py --in-diff REV --max 20 --time-limit 600   # what .ci/run does
