@@ -8,7 +8,7 @@ equivalent) out of the viable mutants, and every mutant that no test caught.
     .ci/mutants.py -- -j 2                # every mutant of the core (about an hour on 2 cores)
     .ci/mutants.py -- -f src/sink.rs      # one file (after --: cargo mutants options)
     .ci/mutants.py --in-diff REV          # only mutants on lines changed since REV
-    .ci/mutants.py --in-diff REV --max 20 --time-limit 600   # what .ci/run does
+    .ci/mutants.py --in-diff REV --max 12 --time-limit 300   # what .ci/run does
 
 A mutant that no test can catch because nobody could see the difference (an
 equivalent mutant) is recorded in .ci/mutants-equivalent.txt: one line per
