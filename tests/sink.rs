@@ -139,6 +139,23 @@ fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_w
     );
     assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
     assert_eq!(coder_requests(&sim).len(), posts, "nothing was sent");
+
+    // A token directory it may not create there: named, before the exchange.
+    let mut c = command(&sim, &Cloud::Gcp);
+    c.arg("--token-file")
+        .arg(base.path().join("new/main.token"));
+    as_nobody(&mut c);
+    let r = run(c);
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot create the token directory {}: Permission denied",
+            base.path().join("new").display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(coder_requests(&sim).len(), posts, "nothing was sent");
 }
 
 #[test]
