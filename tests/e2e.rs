@@ -8,9 +8,9 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use common::netns::Netns;
 use common::*;
 use serde_json::Value;
 
@@ -34,76 +34,10 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-fn sh(cmd: &[&str]) {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace with the metadata address on its loopback; deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("caa-e2e-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            "169.254.169.254/32",
-            "dev",
-            "lo",
-        ]);
-        let etc = PathBuf::from("/etc/netns").join(&ns.name);
-        fs::create_dir_all(&etc).unwrap();
-        fs::write(
-            etc.join("hosts"),
-            "127.0.0.1 localhost\n169.254.169.254 metadata.google.internal\n",
-        )
-        .unwrap();
-        ns
-    }
-
-    fn exec(&self) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
-    }
-}
-
-/// Start the in-process simulator with its sockets inside `ns`: a thread joins
-/// the namespace (network namespaces are per thread, and inherited by the
-/// threads it creates), then starts the simulator, whose runtime thread stays there.
+/// Start the in-process simulator with its sockets inside `ns`, at the real
+/// metadata address (the simulator's runtime thread stays in the namespace).
 fn start_sim_in(ns: &Netns, cfg: SimConfig) -> Sim {
-    let path = PathBuf::from("/run/netns").join(&ns.name);
-    std::thread::spawn(move || {
-        let f = fs::File::open(&path).unwrap();
-        use std::os::fd::AsRawFd;
-        assert_eq!(
-            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns {path:?}"
-        );
+    ns.run_inside(move || {
         Sim::start_on(
             cfg,
             "169.254.169.254:80".parse().unwrap(),
@@ -111,8 +45,6 @@ fn start_sim_in(ns: &Netns, cfg: SimConfig) -> Sim {
         )
         .expect("the simulator binds 169.254.169.254:80 inside the namespace")
     })
-    .join()
-    .unwrap()
 }
 
 fn dmi_files(cloud: &str) -> Vec<(&'static str, &'static str)> {
@@ -169,7 +101,13 @@ fn e2e(cloud: Cloud, name: &str) {
         eprintln!("SKIPPED e2e {name}: {why}");
         return;
     }
-    let ns = Netns::new(name);
+    // The metadata address on the namespace's loopback, and metadata.google.internal resolving
+    // to it for commands run in the namespace.
+    let ns = Netns::new(
+        &format!("e2e-{name}"),
+        &["169.254.169.254/32"],
+        "127.0.0.1 localhost\n169.254.169.254 metadata.google.internal\n",
+    );
     let mut cfg = SimConfig::new(cloud, &["main", "dev"]);
     cfg.azure_throttle = false;
     let sim = start_sim_in(&ns, cfg);
