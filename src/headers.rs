@@ -280,10 +280,18 @@ async fn run_command(
         Ok(Ok(r)) => r,
     };
     if !err.is_empty() {
+        // The command may repeat on stderr what it prints on stdout: what looks
+        // like a header value there is withheld too.
+        let mut redactor = crate::text::Redactor::new();
+        for line in String::from_utf8_lossy(&out).lines() {
+            if let Some((_, value)) = line.split_once('=') {
+                redactor.add(value.trim_end_matches('\r'));
+            }
+        }
         tracing::debug!(
             command = %name,
             "header command stderr: {}",
-            crate::text::excerpt(&String::from_utf8_lossy(&err), STDERR_EXCERPT)
+            redactor.show(&String::from_utf8_lossy(&err), STDERR_EXCERPT)
         );
     }
     if !status.success() {

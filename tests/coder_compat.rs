@@ -196,6 +196,33 @@ fn the_header_command_runs_as_coders_before_every_attempt() {
 }
 
 #[test]
+fn the_header_commands_stderr_shows_at_debug_level_without_its_values() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.env(
+        "CODER_AGENT_HEADER_COMMAND",
+        "echo X-Iap=topsecret-value-123; echo 'minted topsecret-value-123 for you' >&2",
+    )
+    .arg("-v")
+    .arg("--token-file")
+    .arg(token_path(&dir, "t"));
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("header command stderr: minted [withheld] for you"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("topsecret"), "{}", r.stderr);
+    assert_eq!(
+        coder_requests(&sim)[0].header("x-iap"),
+        Some("topsecret-value-123")
+    );
+}
+
+#[test]
 fn a_broken_header_command_names_itself_and_the_line_never_the_value() {
     let sim = start(Cloud::Aws, &["main"]);
     // A malformed line: exit 2, nothing sent.
