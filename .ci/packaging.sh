@@ -140,6 +140,9 @@ for arch in x86_64 aarch64; do
         awk -v s="$s" '$1 == s {on = 1; next} /scriptlet/ {on = 0} on' <<<"$scripts" |
             grep -q 'systemctl --system daemon-reload' || fail "$rpmf: no daemon-reload in %$s"
     done
+    # As the .deb's postinst: /etc/coder-agent-auth created root-only when missing.
+    grep -q 'mkdir -m 0700 /etc/coder-agent-auth' <<<"$scripts" ||
+        fail "$rpmf: %post does not create /etc/coder-agent-auth (0700) as the .deb does"
     # Requires: only /bin/sh (scriptlets) and rpmlib features that rpm 4.11 (Amazon Linux 2) has.
     reqs=$(rpm -qpR "$rpmf" | grep -v '^/bin/sh$\|^rpmlib(' || true)
     [ -z "$reqs" ] || fail "$rpmf requires more than /bin/sh: $reqs"
