@@ -128,9 +128,18 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!n.is_empty() && n.len() <= 64 && n.trim() == n, "name {n:?}");
                 assert!(all.contains(n), "{n:?} is not one of the server's names");
             }
-            // Names are never dropped for their spelling: every short one is kept.
-            let short = all.iter().filter(|n| n.len() <= 64).count();
+            // Names are never dropped for their spelling: every short one is
+            // kept, unless it repeats a held secret (then it is no name at all).
+            let short = all
+                .iter()
+                .filter(|n| n.len() <= 64 && !redactor.clean(n).withheld)
+                .count();
             assert_eq!(a.names.len(), short.min(100));
+            for n in &a.names {
+                for line in SIGNATURE.lines() {
+                    assert!(!n.contains(line), "the held signature is listed as a name: {n}");
+                }
+            }
         }
         Err(e) => assert!(!e.to_string().is_empty(), "empty message"),
     }

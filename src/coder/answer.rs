@@ -239,7 +239,7 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Failure> {
         })
     };
     match status {
-        409 => Err(Failure::Ambiguous(ambiguity(server.as_ref(), shown))),
+        409 => Err(Failure::Ambiguous(ambiguity(server.as_ref(), shown, redactor))),
         404 if is_instance_not_found(message) => transient(format!(
             "Coder answered 404: {shown} (the workspace build has not registered this instance yet)"
         )),
@@ -298,8 +298,13 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Failure> {
     }
 }
 
-fn ambiguity(server: Option<&ServerError>, shown: String) -> Ambiguity {
-    let parsed = server.map(parse_all_candidates).unwrap_or_default();
+fn ambiguity(server: Option<&ServerError>, shown: String, redactor: &Redactor) -> Ambiguity {
+    let mut parsed = server.map(parse_all_candidates).unwrap_or_default();
+    // A "name" that repeats a secret this tool sent (a server echoing the
+    // request into its list) is no agent's name: it is never printed.
+    let before = parsed.len();
+    parsed.retain(|n| !redactor.clean(n).withheld);
+    let echoed = before - parsed.len();
     let mut repeated: Vec<String> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for n in &parsed {
@@ -322,6 +327,12 @@ fn ambiguity(server: Option<&ServerError>, shown: String) -> Ambiguity {
                 .map(|n| crate::text::show_name(n))
                 .collect::<Vec<_>>()
                 .join(", ")
+        ));
+    }
+    if echoed > 0 {
+        notes.push(format!(
+            "{echoed} listed name(s) were withheld: they repeat a secret this tool sent, so they are \
+             the server echoing the request, not agent names"
         ));
     }
     if too_long > 0 {
@@ -752,6 +763,29 @@ mod tests {
         );
         assert!(!m.contains("\nfix: curl"), "no forged line: {m}");
         assert!(m.contains("\\nfix: curl"), "{m}");
+    }
+
+    #[test]
+    fn a_409_name_that_echoes_a_secret_is_withheld_and_counted() {
+        // Found by the classify fuzz target: a server that echoes the request
+        // into its agent list made the signature a "candidate" on stdout.
+        let sig = "Pg4bjjYpBdFDbH0NCSd3ZmRaq0VVfQJXR8NqqDQ4r0=";
+        let mut r = Redactor::new();
+        r.add(sig);
+        let body = format!(r#"{{"message":"Multiple agents","agent_names":["b","{sig}a","a"]}}"#);
+        let Err(Failure::Ambiguous(a)) = classify(&answer(409, body.as_bytes()), &r) else {
+            panic!()
+        };
+        assert_eq!(a.names, ["a", "b"]);
+        let text = Failure::Ambiguous(a.clone()).to_string();
+        assert!(!text.contains("Pg4bjj"), "{text}");
+        assert!(
+            a.notes
+                .iter()
+                .any(|n| n.starts_with("1 listed name(s) were withheld")),
+            "{:?}",
+            a.notes
+        );
     }
 
     #[test]
