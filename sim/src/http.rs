@@ -552,11 +552,14 @@ async fn answer_and_close<S: Conn>(
                     "cannot process request {} {}: {echoed}",
                     req.method, req.path
                 );
-                Response::new(
-                    status,
-                    coder::JSON_CONTENT_TYPE,
-                    serde_json::json!({ "message": msg, "detail": echoed }).to_string(),
-                )
+                let mut answer = serde_json::json!({ "message": msg, "detail": echoed });
+                if status == 409 {
+                    // The request repeated as the agents to pick from: every
+                    // line of every string it posted, in pieces of at most
+                    // 64 bytes (an agent name's length in Coder's database).
+                    answer["agent_names"] = echoed_names(&req.body).into();
+                }
+                Response::new(status, coder::JSON_CONTENT_TYPE, answer.to_string())
             };
             send(&mut s, &resp).await;
         }
@@ -603,6 +606,32 @@ async fn answer_and_close<S: Conn>(
 /// Never answer; the socket stays open until the simulator's runtime shuts down.
 async fn hang() {
     std::future::pending::<()>().await
+}
+
+/// `main`, then the string values of a JSON request body, line by line, cut
+/// into pieces of at most 64 bytes (at character boundaries); pieces under 24
+/// bytes (a `}`, the last few characters of a signature) say nothing and are
+/// left out.
+fn echoed_names(body: &[u8]) -> Vec<String> {
+    let mut names = vec!["main".to_string()];
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return names;
+    };
+    for v in m.values() {
+        let Some(text) = v.as_str() else { continue };
+        for line in text.lines().map(str::trim) {
+            let mut pieces = vec![String::new()];
+            for c in line.chars() {
+                if pieces[pieces.len() - 1].len() + c.len_utf8() > 64 {
+                    pieces.push(String::new());
+                }
+                let last = pieces.len() - 1;
+                pieces[last].push(c);
+            }
+            names.extend(pieces.into_iter().filter(|p| p.len() >= 24));
+        }
+    }
+    names
 }
 
 #[cfg(test)]
