@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 
 use crate::cloud::Cloud;
 
+/// About how many characters of a 409's candidate names the message lists
+/// (stdout, or the JSON, carries every one).
+const NAMES_SHOWN: usize = 1500;
+
 /// A 409: the candidate names (unique, byte-sorted, capped), Coder's message
 /// (redacted, escaped, capped) and notes about what was left out or repeated.
 #[derive(Debug, Clone, Default)]
@@ -87,12 +91,8 @@ impl fmt::Display for Failure {
             | Failure::Store(m)
             | Failure::Exec { message: m, .. } => f.write_str(m),
             Failure::Ambiguous(a) => {
-                let names = a
-                    .names
-                    .iter()
-                    .map(|n| crate::text::show_name(n))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                // All of them are on stdout; here at most a screenful.
+                let names = crate::text::show_names(&a.names, NAMES_SHOWN);
                 write!(
                     f,
                     "several agents share this instance and no agent name was given ({} candidates: {names}).\n\

@@ -71,6 +71,24 @@ pub fn show_name(name: &str) -> String {
     format!("{} ({})", escape(name), points.join(" "))
 }
 
+/// Names for people ([`show_name`] each), joined with ", ", in at most about
+/// `max` characters: the rest are counted ("… and 3 more"), never cut inside.
+pub fn show_names<S: AsRef<str>>(names: &[S], max: usize) -> String {
+    let mut out = String::new();
+    for (i, n) in names.iter().enumerate() {
+        let shown = show_name(n.as_ref());
+        if i > 0 && out.chars().count() + 2 + shown.chars().count() > max {
+            let _ = write!(out, ", … and {} more", names.len() - i);
+            break;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&shown);
+    }
+    out
+}
+
 /// Is this name safe to print raw on its own line of stdout?
 pub fn is_printable_line(name: &str) -> bool {
     !name.chars().any(is_hidden)
@@ -253,6 +271,23 @@ mod tests {
             excerpt(&long, 300),
             format!("{}… (700 bytes cut)", "x".repeat(300))
         );
+    }
+
+    #[test]
+    fn a_list_of_names_is_capped_and_counts_the_rest() {
+        let names: Vec<String> = (0..100).map(|i| format!("agent-{i:02}")).collect();
+        assert_eq!(show_names(&names[..3], 100), "agent-00, agent-01, agent-02");
+        let s = show_names(&names, 100);
+        assert!(s.starts_with("agent-00, agent-01, "), "{s}");
+        assert!(s.ends_with(", … and 90 more"), "{s}");
+        assert!(s.chars().count() <= 100 + 20, "{s}");
+        // The first name is always shown, however long.
+        let long = "x".repeat(64);
+        assert_eq!(
+            show_names(&[long.as_str(), "y"], 10),
+            format!("{long}, … and 1 more")
+        );
+        assert_eq!(show_names::<&str>(&[], 10), "");
     }
 
     #[test]

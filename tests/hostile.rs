@@ -328,6 +328,38 @@ fn printed_names_are_capped() {
 }
 
 #[test]
+fn a_409_of_long_odd_names_prints_them_all_on_stdout_and_a_screenful_on_stderr() {
+    // 100 names of 64 bytes, each with a space and a Cyrillic "а": every one
+    // is shown with its code points, so the list alone would be 50 KB.
+    let names: Vec<String> = (0..100)
+        .map(|i| format!("{i:03} а{}", "x".repeat(58)))
+        .collect();
+    let body = serde_json::json!({ "message": "Multiple agents found.", "agent_names": names })
+        .to_string();
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::coder(
+        FaultKind::Status {
+            status: 409,
+            content_type: "application/json".into(),
+            body,
+        },
+        1,
+    )];
+    let sim = Sim::start(cfg);
+    let r = run(command(&sim, &Cloud::Aws));
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(r.stdout.lines().count(), 100, "every name on stdout");
+    assert!(r.stderr.contains("000 а"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("U+0430"),
+        "code points shown: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("… and 98 more)"), "{}", r.stderr);
+    assert!(r.stderr.len() < 8000, "{} bytes", r.stderr.len());
+}
+
+#[test]
 fn a_redirect_loop_stops_at_once_with_exit_4() {
     let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
     cfg.faults = vec![Fault::coder(

@@ -322,11 +322,7 @@ fn ambiguity(server: Option<&ServerError>, shown: String, redactor: &Redactor) -
             "Coder listed {} more than once: Coder v2.33.0 to v2.33.3 count the agents of earlier builds \
              of this workspace too (the names are shown once each); upgrade Coder to {REPEATED_NAMES_FIXED} \
              or later",
-            repeated
-                .iter()
-                .map(|n| crate::text::show_name(n))
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::text::show_names(&repeated, 500)
         ));
     }
     if echoed > 0 {
