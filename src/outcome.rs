@@ -203,13 +203,7 @@ impl Finished {
             (None, Err(Failure::Ambiguous(a))) => a
                 .names
                 .iter()
-                .map(|n| {
-                    if crate::text::is_printable_line(n) {
-                        format!("{n}\n")
-                    } else {
-                        format!("{}\n", crate::text::escape(n))
-                    }
-                })
+                .map(|n| format!("{}\n", crate::text::escape(n)))
                 .collect(),
             (None, Ok(Done::Stored(path))) => format!("{}\n", path.display()),
             (None, _) => String::new(),
@@ -269,6 +263,21 @@ mod tests {
             coder_version: None,
             output: None,
             json: false,
+        }
+    }
+
+    #[test]
+    fn an_interruption_names_its_signal() {
+        for (signal, name) in [
+            (libc::SIGHUP, "SIGHUP"),
+            (libc::SIGINT, "SIGINT"),
+            (libc::SIGTERM, "SIGTERM"),
+            (libc::SIGUSR1, "a signal"),
+        ] {
+            assert_eq!(
+                Failure::Interrupted { signal }.to_string(),
+                format!("interrupted by {name}; no token was stored")
+            );
         }
     }
 

@@ -52,9 +52,19 @@ pub fn escape(text: &str) -> String {
 
 /// At most `max` characters of `text`, escaped, with "(N bytes cut)" when shortened.
 pub fn excerpt(text: &str, max: usize) -> String {
+    excerpt_of(text, max, 0)
+}
+
+/// [`excerpt`] of a text whose last `dropped` bytes were already removed.
+fn excerpt_of(text: &str, max: usize, dropped: usize) -> String {
     match text.char_indices().nth(max) {
-        None => escape(text),
-        Some((at, _)) => format!("{}… ({} bytes cut)", escape(&text[..at]), text.len() - at),
+        None if dropped == 0 => escape(text),
+        None => format!("{}… ({dropped} bytes cut)", escape(text)),
+        Some((at, _)) => format!(
+            "{}… ({} bytes cut)",
+            escape(&text[..at]),
+            text.len() - at + dropped
+        ),
     }
 }
 
@@ -89,11 +99,6 @@ pub fn show_names<S: AsRef<str>>(names: &[S], max: usize) -> String {
     out
 }
 
-/// Is this name safe to print raw on its own line of stdout?
-pub fn is_printable_line(name: &str) -> bool {
-    !name.chars().any(is_hidden)
-}
-
 /// Removes the secrets this run holds from text that a server wrote, in the
 /// forms a server or proxy might echo them: as sent, JSON-escaped (once or
 /// twice, Go-style or not), with their base64 re-wrapped or unwrapped.
@@ -111,6 +116,8 @@ pub struct Clean {
     pub text: String,
     /// Something was removed; say so.
     pub withheld: bool,
+    /// Bytes beyond the scanning cap, dropped before anything else.
+    pub dropped: usize,
 }
 
 fn json_escape(s: &str) -> String {
@@ -179,7 +186,8 @@ impl Redactor {
             );
         }
         for f in forms {
-            if f.trim().len() >= MIN_SECRET && !self.exact.contains(&f) {
+            // Every form is at least as long as the secret, which is long enough.
+            if !self.exact.contains(&f) {
                 self.exact.push(f);
             }
         }
@@ -198,9 +206,9 @@ impl Redactor {
     /// secret still shows through (re-wrapped, re-encoded), the whole text is
     /// withheld. Text beyond 64 KiB is dropped first.
     pub fn clean(&self, text: &str) -> Clean {
-        let text = match text.char_indices().nth(SCAN_CAP) {
-            Some((at, _)) => &text[..at],
-            None => text,
+        let (text, dropped) = match text.char_indices().nth(SCAN_CAP) {
+            Some((at, _)) => (&text[..at], text.len() - at),
+            None => (text, 0),
         };
         let mut out = text.to_string();
         let mut withheld = false;
@@ -226,19 +234,21 @@ impl Redactor {
                         "{WITHHELD} (the whole text: it repeats part of a secret this tool sent)"
                     ),
                     withheld: true,
+                    dropped: 0,
                 };
             }
         }
         Clean {
             text: out,
             withheld,
+            dropped,
         }
     }
 
     /// Clean, then show at most `max` characters, escaped, saying what was withheld.
     pub fn show(&self, text: &str, max: usize) -> String {
         let c = self.clean(text);
-        let mut s = excerpt(&c.text, max);
+        let mut s = excerpt_of(&c.text, max, c.dropped);
         if c.withheld {
             s.push_str(" (secrets this tool sent were withheld from the server's text)");
         }
@@ -271,6 +281,13 @@ mod tests {
             excerpt(&long, 300),
             format!("{}… (700 bytes cut)", "x".repeat(300))
         );
+    }
+
+    #[test]
+    fn a_list_of_names_that_fills_the_cap_exactly_is_whole() {
+        // "aa, bb" is 6 characters.
+        assert_eq!(show_names(&["aa", "bb"], 6), "aa, bb");
+        assert_eq!(show_names(&["aa", "bb"], 5), "aa, … and 1 more");
     }
 
     #[test]
@@ -354,7 +371,8 @@ mod tests {
             r.clean(m),
             Clean {
                 text: m.to_string(),
-                withheld: false
+                withheld: false,
+                dropped: 0,
             }
         );
     }
@@ -362,7 +380,65 @@ mod tests {
     #[test]
     fn short_values_are_not_searched() {
         let mut r = Redactor::new();
-        r.add("abc");
-        assert!(!r.clean("abc def").withheld);
+        r.add("abcde");
+        assert!(!r.clean("abcde def").withheld);
+        // Six characters are enough to be held.
+        r.add("s3cr3t");
+        assert_eq!(r.clean("key s3cr3t").text, "key [withheld]");
+    }
+
+    #[test]
+    fn a_header_value_echoed_by_go_is_withheld() {
+        // Go's encoding/json writes <, > and & as \u003c, \u003e and \u0026.
+        let mut r = Redactor::new();
+        r.add("tok&en<proxy>");
+        let echoed = r#"{"message":"bad header: tok\u0026en\u003cproxy\u003e"}"#;
+        let c = r.clean(echoed);
+        assert!(c.withheld, "{}", c.text);
+        assert!(!c.text.contains("u0026en"), "{}", c.text);
+    }
+
+    #[test]
+    fn a_secret_rewrapped_in_short_lines_and_json_escaped_is_withheld() {
+        // Lines shorter than a fragment: only the unescaped text shows a run
+        // of the secret's characters long enough to recognise.
+        let mut r = Redactor::new();
+        r.add(SIG);
+        let flat: String = SIG.split_whitespace().collect();
+        let wrapped = flat
+            .as_bytes()
+            .chunks(16)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = r.clean(&format!("signature was: {wrapped}"));
+        assert!(c.withheld, "{}", c.text);
+        assert!(!c.text.contains(&flat[..16]), "{}", c.text);
+    }
+
+    #[test]
+    fn the_first_64_kib_are_searched_beyond_what_is_shown() {
+        let mut r = Redactor::new();
+        r.add("s3cr3t-header-value");
+        let text = format!("{}s3cr3t-header-value", "x".repeat(60_000));
+        let c = r.clean(&text);
+        assert!(c.withheld);
+        assert!(r.show(&text, 300).contains("were withheld"));
+        // Beyond the cap, text is dropped unread (and so never shown).
+        let text = format!("{}s3cr3t-header-value", "x".repeat(SCAN_CAP));
+        let c = r.clean(&text);
+        assert!(!c.withheld && !c.text.contains("s3cr3t"));
+        assert_eq!(c.dropped, "s3cr3t-header-value".len());
+    }
+
+    #[test]
+    fn an_excerpt_counts_what_the_scanning_cap_dropped() {
+        let r = Redactor::new();
+        let text = "x".repeat(100_000);
+        let shown = r.show(&text, 300);
+        assert!(shown.ends_with("… (99700 bytes cut)"), "{}", &shown[290..]);
+        // Over the cap with nothing left to cut by the excerpt.
+        assert_eq!(excerpt_of("abc", 300, 5), "abc… (5 bytes cut)");
+        assert_eq!(excerpt("abc", 300), "abc");
     }
 }
