@@ -417,6 +417,20 @@ mod tests {
     }
 
     #[test]
+    fn prose_is_matched_whole_never_by_fragment() {
+        // The AWS document is prose: 24 characters of it could be ordinary
+        // words in a server's message. It is withheld only where it appears.
+        let doc = "{\n  \"accountId\" : \"123456789012\",\n  \"architecture\" : \"x86_64\",\n  \"availabilityZone\" : \"us-east-1a\",\n  \"instanceId\" : \"i-0abc123def4567890\"\n}";
+        let mut r = Redactor::new();
+        r.add(doc);
+        assert!(r.fragments.is_empty());
+        assert!(r.clean(doc).withheld);
+        // A long base64 value is searched by fragment.
+        r.add(SIG);
+        assert!(!r.fragments.is_empty());
+    }
+
+    #[test]
     fn the_first_64_kib_are_searched_beyond_what_is_shown() {
         let mut r = Redactor::new();
         r.add("s3cr3t-header-value");
