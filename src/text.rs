@@ -410,7 +410,7 @@ mod tests {
             .chunks(16)
             .map(|c| std::str::from_utf8(c).unwrap())
             .collect::<Vec<_>>()
-            .join("\n");
+            .join("\\n");
         let c = r.clean(&format!("signature was: {wrapped}"));
         assert!(c.withheld, "{}", c.text);
         assert!(!c.text.contains(&flat[..16]), "{}", c.text);
@@ -428,6 +428,17 @@ mod tests {
         // A long base64 value is searched by fragment.
         r.add(SIG);
         assert!(!r.fragments.is_empty());
+    }
+
+    #[test]
+    fn values_shorter_than_two_fragments_are_matched_whole() {
+        // A header value of 30 characters: a 24-character piece of it can be
+        // ordinary words in a server's message (an agent's name here).
+        let mut r = Redactor::new();
+        r.add("platform-infrastructure-team");
+        let m = "No agent found with name \"platform-infrastructure-dev\".";
+        assert_eq!(r.clean(m).text, m);
+        assert!(r.clean("team platform-infrastructure-team").withheld);
     }
 
     #[test]
