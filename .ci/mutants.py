@@ -37,12 +37,15 @@ from pathlib import Path
 
 CARGO_MUTANTS_VERSION = "27.1.0"
 # The product's core: the Coder exchange and its answers, the retry loop, the
-# token sink, the command line, and the three identity providers.
+# token sink, the command line, the three identity providers, the redactor of
+# server text, and the outcomes (their messages and exit-code categories).
 CORE = [
     "src/coder/*.rs",
     "src/retry.rs",
     "src/sink.rs",
     "src/cli.rs",
+    "src/text.rs",
+    "src/outcome.rs",
     "src/cloud/aws.rs",
     "src/cloud/gcp.rs",
     "src/cloud/azure.rs",
