@@ -19,16 +19,7 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 WORK=$(mktemp -d /tmp/coder-agent-auth-packaging.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
-T_ALL=$SECONDS
-T_STEP=$SECONDS
-STEP=""
-TIMINGS=()
-step() {
-    if [ -n "$STEP" ]; then TIMINGS+=("$(printf '%5ds  %s' $((SECONDS - T_STEP)) "$STEP")"); fi
-    STEP="$*"
-    T_STEP=$SECONDS
-    printf '\n==> %s\n' "$*"
-}
+. packaging/steps.sh
 fail() { echo "packaging: FAILED: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
@@ -265,8 +256,5 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 step "done"
-TIMINGS+=("$(printf '%5ds  %s' $((SECONDS - T_STEP)) "$STEP")")
-printf '\nTimings:\n'
-printf '%s\n' "${TIMINGS[@]}"
-printf '%5ds  total\n' $((SECONDS - T_ALL))
+steps_summary
 echo "packaging: all steps passed"

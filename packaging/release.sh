@@ -54,16 +54,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 fail() { echo "release: FAILED: $*" >&2; exit 1; }
-T_ALL=$SECONDS
-T_STEP=$SECONDS
-STEP=""
-TIMINGS=()
-step() {
-    if [ -n "$STEP" ]; then TIMINGS+=("$(printf '%5ds  %s' $((SECONDS - T_STEP)) "$STEP")"); fi
-    STEP="$*"
-    T_STEP=$SECONDS
-    printf '\n==> release: %s\n' "$*"
-}
+STEP_PREFIX="release: "
+. packaging/steps.sh
 
 triple_of() { case $1 in amd64) echo x86_64-unknown-linux-musl ;; arm64) echo aarch64-unknown-linux-musl ;; esac; }
 rpm_arch_of() { case $1 in amd64) echo x86_64 ;; arm64) echo aarch64 ;; esac; }
@@ -254,10 +246,7 @@ step "SHA256SUMS"
     xargs sha256sum -- >SHA256SUMS && sha256sum --quiet -c SHA256SUMS)
 
 step "done"
-TIMINGS+=("$(printf '%5ds  %s' $((SECONDS - T_STEP)) "$STEP")")
 printf '\nArtifacts in %s:\n' "$OUT"
 (cd "$OUT" && LC_ALL=C ls -l --time-style=+ | awk 'NR > 1 {printf "%10d  %s\n", $5, $NF}')
-printf '\nTimings:\n'
-printf '%s\n' "${TIMINGS[@]}"
-printf '%5ds  total\n' $((SECONDS - T_ALL))
+steps_summary
 for a in "${arches[@]}"; do echo "$a .deb: $OUT/coder-agent-auth_${VERSION}-1_$a.deb"; done

@@ -14,16 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TERM_COLOR=never DEBIAN_FRONTEND=noninteractive
-T_ALL=$SECONDS
-TIMINGS=()
-STEP=""
-T_STEP=$SECONDS
-step() {
-    if [ -n "$STEP" ]; then TIMINGS+=("$(printf '%5ds  %s' $((SECONDS - T_STEP)) "$STEP")"); fi
-    STEP="$*"
-    T_STEP=$SECONDS
-    printf '\n==> boot test: %s\n' "$*"
-}
+STEP_PREFIX="boot test: "
+. packaging/steps.sh
 fail() { echo "boot test: FAILED: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "run it as root (mmdebstrap builds the image as root)"
@@ -70,10 +62,7 @@ python3 tests/boot/harness.py --deb "$DEB" --image "$OUT/image" --sim "$SIM" \
     rc=$?
 
 step "done"
-TIMINGS+=("$(printf '%5ds  %s' $((SECONDS - T_STEP)) "$STEP")")
-printf '\nTimings:\n'
-printf '%s\n' "${TIMINGS[@]}"
-printf '%5ds  total (boot test from nothing to here)\n' $((SECONDS - T_ALL))
+steps_summary "total (boot test from nothing to here)"
 if [ "$rc" != 0 ]; then
     fail "see the FAIL rows above; every guest's console, simulator logs and QEMU command are in $OUT/work/GUEST/"
 fi
