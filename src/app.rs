@@ -20,7 +20,7 @@ use crate::text::Redactor;
 /// What a run learned along the way, kept even when it fails or is interrupted.
 #[derive(Default)]
 struct Learned {
-    cloud: Option<Cloud>,
+    cloud: Option<&'static str>,
     coder_version: Option<String>,
     output: Option<Printable>,
 }
@@ -158,7 +158,7 @@ async fn detect_cmd(common: Common, learned: &mut Learned) -> Result<Done, Failu
             c.id()
         ));
     }
-    learned.cloud = d.cloud;
+    learned.cloud = d.cloud.map(|c| c.id());
     learned.output = Some(Printable {
         json: serde_json::to_value(&d).map_err(anyhow::Error::from)?,
         text: d.render(),
@@ -173,7 +173,7 @@ async fn identity_cmd(common: Common, raw: bool, learned: &mut Learned) -> Resul
     let md = Metadata::new(&common)?;
     let policy = Policy::new(common.timeout);
     let cloud = md.cloud(common.cloud, &policy).await?;
-    learned.cloud = Some(cloud);
+    learned.cloud = Some(cloud.id());
     let identity = md.identity(cloud, &policy).await?;
     learned.output = Some(printable(inspect::identity_summary(&identity, raw)));
     Ok(Done::Printed)
@@ -209,7 +209,7 @@ async fn exchange(cfg: Config, learned: &mut Learned) -> Result<Done, Failure> {
     // a server that ignores names must not be sent one.
     let identity = async {
         let cloud = md.cloud(cfg.common.cloud, &policy).await?;
-        learned.cloud = Some(cloud);
+        learned.cloud = Some(cloud.id());
         tracing::info!(cloud = cloud.id(), agent = name.unwrap_or("(none)"), url = %cfg.url, "starting the instance-identity exchange");
         md.identity(cloud, &policy).await
     };

@@ -70,7 +70,7 @@ pub fn dry_run(
     let mut hs = serde_json::Map::new();
     hs.insert("content-type".into(), json!("application/json"));
     hs.insert("accept".into(), json!("application/json"));
-    hs.insert("user-agent".into(), json!(crate::USER_AGENT));
+    hs.insert("user-agent".into(), json!(crate::http::USER_AGENT));
     // Every extra header's value may be a credential: none is shown.
     for (name, value) in headers {
         hs.insert(

@@ -17,6 +17,7 @@ mod coder;
 mod detect;
 mod files;
 mod headers;
+mod http;
 mod inspect;
 mod logging;
 mod outcome;
@@ -26,9 +27,6 @@ mod secret;
 mod sink;
 mod text;
 mod tls;
-
-/// The User-Agent of every request the tool makes.
-const USER_AGENT: &str = concat!("coder-agent-auth/", env!("CARGO_PKG_VERSION"));
 
 pub use cli::Cli;
 pub use outcome::{Done, Failure, Finished, Rendered};

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cloud::Cloud;
-
 /// About how many characters of a 409's candidate names the message lists
 /// (stdout, or the JSON, carries every one).
 const NAMES_SHOWN: usize = 1500;
@@ -158,7 +156,8 @@ pub struct Printable {
 #[derive(Debug)]
 pub struct Finished {
     pub result: Result<Done, Failure>,
-    pub cloud: Option<Cloud>,
+    /// The cloud's short id (`aws`, `gcp`, `azure`), once known.
+    pub cloud: Option<&'static str>,
     pub agent_name: Option<String>,
     /// The Coder server's version, when it was read.
     pub coder_version: Option<String>,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use reqwest::{Method, Url};
 
+use crate::http::{body_snippet, error_chain, Transport, USER_AGENT};
 use crate::outcome::Failure;
 
 /// The cap on any metadata response body: real bodies are a few KiB at most.
@@ -187,7 +188,7 @@ impl MetadataClient {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(crate::USER_AGENT)
+            .user_agent(USER_AGENT)
             // A fresh connection for every metadata request; none is kept for reuse.
             // Many metadata servers (Python's http.server and what is built on it) keep the
             // connection alive, write the header and the body of an answer in two segments,
@@ -265,64 +266,17 @@ impl MetadataClient {
 impl Cause {
     /// The kind of a reqwest failure, from its flags (never from its text).
     pub fn from_reqwest(e: &reqwest::Error) -> Cause {
-        if e.is_timeout() {
-            Cause::Timeout
-        } else if e.is_connect() {
-            Cause::Connect(error_chain(e))
-        } else {
-            Cause::Transport(error_chain(e))
+        match Transport::of(e) {
+            Transport::Timeout => Cause::Timeout,
+            Transport::Connect(d) => Cause::Connect(d),
+            Transport::Broken(d) => Cause::Transport(d),
         }
     }
-}
-
-/// The start of a metadata error body, for messages: one line, at most 200
-/// bytes of it. Never called on a 200 body (which may hold a secret).
-pub fn body_snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    let text: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let text = text.trim();
-    if text.is_empty() {
-        "(empty body)".into()
-    } else if body.len() > 200 {
-        format!("{text}…")
-    } else {
-        text.to_string()
-    }
-}
-
-/// An error's causes joined with ": ", each said once (for messages only).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    if out.is_empty() {
-        out = e.to_string();
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snippets_are_short_and_single_line() {
-        assert_eq!(body_snippet(b""), "(empty body)");
-        assert_eq!(body_snippet(b"a\nb"), "a b");
-        assert!(body_snippet(&[b'x'; 500]).ends_with('…'));
-    }
 
     #[test]
     fn the_retry_rule_follows_the_cause() {

@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::version::REPEATED_NAMES_FIXED;
-use crate::cloud::http::body_snippet;
+use crate::http::body_snippet;
 use crate::outcome::{Ambiguity, Failure};
 use crate::secret::Secret;
 use crate::text::{Redactor, EXCERPT_CHARS};

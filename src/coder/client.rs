@@ -12,9 +12,9 @@ use reqwest::{Method, Url};
 use super::answer::{classify, parse_retry_after, Answer};
 use super::version::{self, Version};
 use super::{endpoint, request_body};
-use crate::cloud::http::{error_chain, Cause};
 use crate::cloud::Identity;
 use crate::headers::Headers;
+use crate::http::{error_chain, Transport, USER_AGENT};
 use crate::outcome::Failure;
 use crate::proxy::Route;
 use crate::secret::Secret;
@@ -77,7 +77,7 @@ impl CoderClient {
             .redirect(redirect_policy(base))
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(crate::USER_AGENT);
+            .user_agent(USER_AGENT);
         // Checked whatever the scheme (a bounded read of a regular file).
         let extra = ca_cert.map(crate::files::ca_certificates).transpose()?;
         if base.scheme() == "https" {
@@ -111,9 +111,10 @@ impl CoderClient {
                 error_chain(e)
             ));
         }
-        let cause = match Cause::from_reqwest(e) {
-            Cause::Timeout => format!("timed out: {}", error_chain(e)),
-            other => other.to_string(),
+        let cause = match Transport::of(e) {
+            Transport::Timeout => format!("timed out: {}", error_chain(e)),
+            Transport::Connect(d) => format!("could not connect: {d}"),
+            Transport::Broken(d) => format!("request failed: {d}"),
         };
         Failure::transient(format!("{request}: {doing}{cause}{}", self.route.note()))
     }
