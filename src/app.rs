@@ -106,7 +106,7 @@ impl Metadata {
     async fn identity(&self, cloud: Cloud, policy: &Policy) -> Result<Identity, Failure> {
         let site = self.endpoints.site(cloud);
         if let Some(e) = site.disabled_error() {
-            return Err(e.into());
+            return Err(Failure::NoIdentity(e.to_string()));
         }
         let fetcher = cloud.fetcher(self.client.clone(), site.base.clone());
         let what = format!("fetching the {cloud} instance identity");
@@ -240,7 +240,11 @@ async fn exchange(cfg: Config, learned: &mut Learned) -> Result<Done, Failure> {
         redactor.add(v.to_str().unwrap_or_default());
     }
     if cfg.dry_run {
-        let headers = cfg.headers.resolve(&cfg.url).await?;
+        let headers = policy
+            .run("running the header command", || {
+                cfg.headers.resolve(&cfg.url)
+            })
+            .await?;
         let mut view = inspect::dry_run(&cfg.url, &identity, name, &headers);
         if let Some(v) = &version {
             view["coder_version"] = v.raw.clone().into();

@@ -21,6 +21,7 @@ use reqwest::Url;
 use tokio::io::AsyncReadExt;
 
 use crate::outcome::Failure;
+use crate::retry::Attempt;
 
 /// The header command's own time limit (the run's deadline still applies).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,7 +195,7 @@ impl Headers {
     }
 
     /// The headers for one request: the fixed ones, then the command's.
-    pub async fn resolve(&self, coder_url: &Url) -> Result<HeaderMap, Failure> {
+    pub async fn resolve(&self, coder_url: &Url) -> Result<HeaderMap, Attempt> {
         let mut map = HeaderMap::new();
         for (n, v) in &self.fixed {
             map.append(n.clone(), v.clone());
@@ -223,7 +224,7 @@ fn command_name(cmd: &str) -> String {
 async fn run_command(
     cmd: &str,
     coder_url: &Url,
-) -> Result<Vec<(HeaderName, HeaderValue)>, Failure> {
+) -> Result<Vec<(HeaderName, HeaderValue)>, Attempt> {
     let name = command_name(cmd);
     let what = format!("--header-command {name}");
     let mut child = tokio::process::Command::new("sh")
@@ -271,12 +272,12 @@ async fn run_command(
     };
     let (status, out, err) = match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
         Err(_) => {
-            return Err(Failure::transient(format!(
+            return Err(Attempt::retry(format!(
                 "{what} did not finish within {} s (it was killed)",
                 COMMAND_TIMEOUT.as_secs()
             )))
         }
-        Ok(Err(e)) => return Err(Failure::transient(format!("{what}: {e}"))),
+        Ok(Err(e)) => return Err(Attempt::retry(format!("{what}: {e}"))),
         Ok(Ok(r)) => r,
     };
     if !err.is_empty() {
@@ -295,7 +296,7 @@ async fn run_command(
         );
     }
     if !status.success() {
-        return Err(Failure::transient(format!(
+        return Err(Attempt::retry(format!(
             "{what} failed ({status}); run it by hand with CODER_URL={coder_url} to see why"
         )));
     }
@@ -314,9 +315,10 @@ async fn run_command(
             if line.is_empty() {
                 return Err(Failure::Usage(format!(
                     "{at} is empty; print one Name=value per line"
-                )));
+                ))
+                .into());
             }
-            split_entry(line, &at).map_err(Failure::Usage)
+            split_entry(line, &at).map_err(|m| Failure::Usage(m).into())
         })
         .collect()
 }
@@ -407,20 +409,25 @@ mod tests {
 
     #[tokio::test]
     async fn command_failures_name_the_command_and_line_never_the_value() {
-        async fn run(cmd: &str) -> Failure {
+        async fn run(cmd: &str) -> Attempt {
             let url = Url::parse("http://c/").unwrap();
             let h = Headers::parse(None, &[], Some(cmd.into())).unwrap();
             h.resolve(&url).await.unwrap_err()
         }
         let e = run("echo A=ok; echo 'Bearer topsecret'").await;
-        assert!(matches!(e, Failure::Usage(_)), "{e:?}");
-        let m = e.to_string();
+        let Attempt::Stop(Failure::Usage(m)) = e else {
+            panic!("{e:?}")
+        };
         assert!(m.contains("`echo …`") && m.contains("output line 2"), "{m}");
         assert!(!m.contains("topsecret"), "{m}");
-        let e = run("exit 3").await;
-        assert!(matches!(e, Failure::Transient { .. }), "{e:?}");
-        assert!(e.to_string().contains("exit status: 3"), "{e}");
+        let Attempt::Retry { message, .. } = run("exit 3").await else {
+            panic!("exit 3 is worth another attempt")
+        };
+        assert!(message.contains("exit status: 3"), "{message}");
         let e = run("printf 'A=1\\n\\nB=2\\n'").await;
-        assert!(e.to_string().contains("output line 2 is empty"), "{e}");
+        assert!(
+            matches!(&e, Attempt::Stop(Failure::Usage(m)) if m.contains("output line 2 is empty")),
+            "{e:?}"
+        );
     }
 }

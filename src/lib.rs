@@ -80,6 +80,7 @@ pub mod parsers {
         classify, parse_candidates, parse_names_from_message, Answer, ServerError,
     };
     pub use crate::outcome::Ambiguity;
+    pub use crate::retry::Attempt;
     pub use crate::secret::Secret;
     pub use crate::text::Redactor;
 

@@ -12,7 +12,7 @@ fn exit_code(result: &Result<Done, Failure>) -> i32 {
         Err(Failure::Ambiguous(_)) => 3,
         Err(Failure::Rejected(_)) => 4,
         Err(Failure::NoIdentity(_)) => 5,
-        Err(Failure::Timeout { .. } | Failure::Transient { .. }) => 6,
+        Err(Failure::Timeout { .. }) => 6,
         Err(Failure::Store(_)) => 7,
         Err(Failure::Exec {
             not_found: false, ..

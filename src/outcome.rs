@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -35,13 +34,6 @@ pub enum Failure {
     Rejected(String),
     /// No cloud identity is available here (no cloud, IMDS refused, AWS disabled).
     NoIdentity(String),
-    /// One attempt failed in a way a later attempt may not: the retry loop
-    /// retries it, and turns the last one into [`Failure::Timeout`].
-    Transient {
-        message: String,
-        /// The server asked not to be called again before this long.
-        retry_after: Option<Duration>,
-    },
     /// The deadline ended the retries: why, and the last transient error.
     Timeout { why: String, last: String },
     /// The token could not be stored.
@@ -57,13 +49,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub fn transient(message: impl Into<String>) -> Self {
-        Failure::Transient {
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
     /// The machine-readable status word of `--json`.
     pub fn status(&self) -> &'static str {
         match self {
@@ -71,7 +56,7 @@ impl Failure {
             Failure::Ambiguous(_) => "ambiguous",
             Failure::Rejected(_) => "rejected",
             Failure::NoIdentity(_) => "no_identity",
-            Failure::Transient { .. } | Failure::Timeout { .. } => "timeout",
+            Failure::Timeout { .. } => "timeout",
             Failure::Store(_) => "store_failed",
             Failure::Exec { .. } => "exec_failed",
             Failure::Interrupted { .. } => "interrupted",
@@ -106,7 +91,6 @@ impl fmt::Display for Failure {
                     "fix: pass --agent-name NAME (or set CODER_AGENT_NAME=NAME) with one of the candidates"
                 )
             }
-            Failure::Transient { message, .. } => f.write_str(message),
             Failure::Timeout { why, last } => write!(
                 f,
                 "gave up: {why}.\n\

@@ -1,7 +1,8 @@
 //! The one retry loop: jittered exponential backoff under a total deadline.
-//! An attempt's error becomes a [`Failure`]; only [`Failure::Transient`] is
-//! retried, and this is the only place that turns the deadline into
-//! [`Failure::Timeout`].
+//! An attempt ends in an [`Attempt`]: [`Attempt::Retry`] goes round again,
+//! [`Attempt::Stop`] ends the loop with its [`Failure`]. Only [`Policy::run`]
+//! reads an `Attempt`, so "try again" can never reach the user, and this is
+//! the only place that turns the deadline into [`Failure::Timeout`].
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -10,6 +11,47 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
 use crate::outcome::Failure;
+
+/// How one attempt failed, as the retry loop needs to know it (the AWS
+/// SDK's retry classifier, kept apart from the caller's error).
+#[derive(Debug)]
+pub enum Attempt {
+    /// A later attempt may succeed (a timeout, a 503, a 429, a build that has
+    /// not registered the instance yet).
+    Retry {
+        message: String,
+        /// The server asked not to be called again before this long.
+        retry_after: Option<Duration>,
+    },
+    /// No later attempt can do better: the run ends with this failure.
+    Stop(Failure),
+}
+
+impl Attempt {
+    /// A failure worth another attempt.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Attempt::Retry {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// What the attempt's failure says: the message of a retry, or the failure's own.
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attempt::Retry { message, .. } => f.write_str(message),
+            Attempt::Stop(failure) => write!(f, "{failure}"),
+        }
+    }
+}
+
+impl From<Failure> for Attempt {
+    fn from(f: Failure) -> Self {
+        Attempt::Stop(f)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -64,7 +106,7 @@ impl Policy {
     /// `Retry-After` is honoured: the next attempt waits at least that long.
     pub async fn run<T, E, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Failure>
     where
-        E: Into<Failure>,
+        E: Into<Attempt>,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -90,11 +132,11 @@ impl Policy {
             };
             let (message, retry_after) = match result.map_err(Into::into) {
                 Ok(v) => return Ok(v),
-                Err(Failure::Transient {
+                Err(Attempt::Retry {
                     message,
                     retry_after,
                 }) => (message, retry_after),
-                Err(permanent) => return Err(permanent),
+                Err(Attempt::Stop(failure)) => return Err(failure),
             };
             let backoff = delays.next().unwrap_or(MAX_DELAY);
             let delay = match retry_after {
@@ -191,8 +233,19 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
-    fn transient() -> Result<u32, Failure> {
-        Err(Failure::transient("try again"))
+    fn transient() -> Result<u32, Attempt> {
+        Err(Attempt::retry("try again"))
+    }
+
+    #[test]
+    fn an_attempt_says_its_message_or_its_failure() {
+        assert_eq!(
+            Attempt::retry("503 from Coder").to_string(),
+            "503 from Coder"
+        );
+        let stop = Attempt::from(Failure::Rejected("bad identity".into()));
+        assert_eq!(stop.to_string(), "bad identity");
+        assert!(matches!(stop, Attempt::Stop(Failure::Rejected(_))));
     }
 
     #[tokio::test(start_paused = true)]
@@ -220,7 +273,7 @@ mod tests {
         let r: Result<(), _> = p
             .run("t", || async {
                 calls.set(calls.get() + 1);
-                Err(Failure::Rejected("no".into()))
+                Err::<(), _>(Attempt::Stop(Failure::Rejected("no".into())))
             })
             .await;
         assert!(matches!(r, Err(Failure::Rejected(_))));
@@ -254,7 +307,7 @@ mod tests {
         let r: Result<(), Failure> = p
             .run("t", || async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok::<_, Failure>(())
+                Ok::<_, Attempt>(())
             })
             .await;
         let Err(Failure::Timeout { why, .. }) = r else {
@@ -272,7 +325,7 @@ mod tests {
             .run("t", || async {
                 calls.set(calls.get() + 1);
                 if calls.get() == 1 {
-                    Err(Failure::Transient {
+                    Err(Attempt::Retry {
                         message: "429".into(),
                         retry_after: Some(Duration::from_secs(7)),
                     })
@@ -293,7 +346,7 @@ mod tests {
         let start = Instant::now();
         let r: Result<(), Failure> = p
             .run("t", || async {
-                Err(Failure::Transient {
+                Err(Attempt::Retry {
                     message: "429".into(),
                     retry_after: Some(Duration::from_secs(3600)),
                 })
@@ -317,7 +370,7 @@ mod tests {
             .run("t", || async {
                 calls.set(calls.get() + 1);
                 if calls.get() == 1 {
-                    Err(Failure::Transient {
+                    Err(Attempt::Retry {
                         message: "429".into(),
                         retry_after: Some(Duration::ZERO),
                     })
@@ -341,7 +394,7 @@ mod tests {
         let p = Policy::new(Some(Duration::from_secs(10)));
         let r: Result<(), Failure> = p
             .run("t", || async {
-                Err(Failure::Transient {
+                Err(Attempt::Retry {
                     message: "429".into(),
                     retry_after: Some(Duration::ZERO),
                 })

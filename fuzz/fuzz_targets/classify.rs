@@ -7,6 +7,7 @@
 #![no_main]
 
 use coder_agent_auth::parsers::{classify, parse_candidates, Answer, Redactor, ServerError};
+use coder_agent_auth::parsers::Attempt;
 use coder_agent_auth::Failure;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -78,25 +79,25 @@ fuzz_target!(|data: &[u8]| {
     match (&out, status) {
         (Ok(_), 200) => {}
         (Ok(_), _) => panic!("token from status {status}"),
-        (Err(Failure::Ambiguous(_)), 409) => {}
+        (Err(Attempt::Stop(Failure::Ambiguous(_))), 409) => {}
         (_, 409) => panic!("409 not classified as Ambiguous: {out:?}"),
-        (Err(Failure::Ambiguous(_)), _) => panic!("Ambiguous from status {status}"),
-        (Err(Failure::Rejected(_)), 200) => {}
+        (Err(Attempt::Stop(Failure::Ambiguous(_))), _) => panic!("Ambiguous from status {status}"),
+        (Err(Attempt::Stop(Failure::Rejected(_))), 200) => {}
         (_, 200) => panic!("200 is a token or Rejected, got {out:?}"),
-        (Err(Failure::Transient { retry_after: r, .. }), 408 | 425 | 429 | 500..=599) => {
+        (Err(Attempt::Retry { retry_after: r, .. }), 408 | 425 | 429 | 500..=599) => {
             assert_eq!(*r, retry_after, "Retry-After travels with the answer")
         }
         (_, 408 | 425 | 429 | 500..=599) => panic!("{status} must be Transient: {out:?}"),
-        (Err(Failure::Rejected(_)), 403 | 300..=399) => {}
+        (Err(Attempt::Stop(Failure::Rejected(_))), 403 | 300..=399) => {}
         (_, 403 | 300..=399) => panic!("{status} must be Rejected: {out:?}"),
         // 400, 401 and 404 are retried only on Coder's own JSON messages.
-        (Err(Failure::Transient { .. }), 400 | 401 | 404) => {
+        (Err(Attempt::Retry { .. }), 400 | 401 | 404) => {
             assert!(
                 server.is_some(),
                 "{status} judged transient without a JSON body: {out:?}"
             )
         }
-        (Err(Failure::Rejected(_)), _) => {}
+        (Err(Attempt::Stop(Failure::Rejected(_))), _) => {}
         (_, _) => panic!("status {status} gave {out:?}"),
     }
 
@@ -115,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(v["session_token"].as_str().map(str::trim), Some(t));
             }
         }
-        Err(Failure::Ambiguous(a)) => {
+        Err(Attempt::Stop(Failure::Ambiguous(a))) => {
             assert!(!a.message.is_empty(), "409 with an empty message");
             assert!(
                 a.names.windows(2).all(|w| w[0] < w[1]),

