@@ -6,10 +6,10 @@ use std::future::Future;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{Common, Config, Mode, TokenTarget};
 use crate::cloud::{Cloud, Endpoints, Identity, MetadataClient, ProcessEnv};
 use crate::coder::version::{self, Version};
 use crate::coder::CoderClient;
+use crate::config::{Common, Config, Mode, TokenTarget};
 use crate::detect::{self, Detection, DmiSource};
 use crate::inspect;
 use crate::outcome::{Done, Failure, Finished, Printable};

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::bounded::ReadError;
 use crate::cloud::{join, Cloud, Endpoints, MetadataClient, Site};
-use crate::files::ReadError;
 
 /// Each probe's own limit; the whole probe phase is bounded by [`PROBE_PHASE`].
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -80,7 +80,7 @@ impl DmiSource {
     pub fn read(&self, rel: &str) -> (String, Reading) {
         let p = self.root.join(rel);
         let shown = Path::new("/").join(rel).display().to_string();
-        let reading = match crate::files::read_regular(&p, crate::files::DMI_CAP) {
+        let reading = match crate::bounded::read_regular(&p, crate::bounded::DMI_CAP) {
             Ok(bytes) => Reading::Value(String::from_utf8_lossy(&bytes).trim().to_string()),
             Err(ReadError::Io(e)) if e.kind() == ErrorKind::NotFound => Reading::Missing,
             Err(ReadError::Io(e)) if e.kind() == ErrorKind::PermissionDenied => {

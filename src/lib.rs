@@ -10,18 +10,16 @@
 //! everything else is private.
 
 mod app;
-mod args;
+mod bounded;
 mod cli;
 mod cloud;
 mod coder;
+mod config;
 mod detect;
-mod files;
-mod headers;
 mod http;
 mod inspect;
 mod logging;
 mod outcome;
-mod proxy;
 mod retry;
 mod secret;
 mod sink;
@@ -39,10 +37,10 @@ pub fn run_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Result<Finished, clap::Error> {
     let args: Vec<_> = args.into_iter().collect();
-    match args::parse(&args) {
+    match cli::parse::parse(&args) {
         Ok(cli) => Ok(run(cli)),
-        Err(args::ParseError::Display(e)) => Err(e),
-        Err(args::ParseError::Usage { message, json }) => {
+        Err(cli::parse::ParseError::Display(e)) => Err(e),
+        Err(cli::parse::ParseError::Usage { message, json }) => {
             Ok(Finished::failed(Failure::Usage(message), json))
         }
     }

@@ -7,7 +7,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat};
 
 pub fn init(cfg: &LogConfig) {
     let default = match (cfg.quiet, cfg.verbose) {

@@ -16,7 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::files::kind_name;
+use crate::bounded::kind_name;
 use crate::outcome::Failure;
 use crate::secret::Secret;
 

@@ -162,6 +162,20 @@ pub fn auth_methods() -> String {
         .join("|")
 }
 
+/// Every cloud's method with its short spellings, e.g. `aws-instance-identity (aws)`.
+pub fn auth_spellings() -> String {
+    REGISTRY
+        .iter()
+        .map(|c| {
+            let short: Vec<&str> = std::iter::once(c.id())
+                .chain(c.aliases().iter().copied())
+                .collect();
+            format!("{} ({})", c.auth_method(), short.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One field of the JSON body posted to Coder.
 #[derive(Debug, Clone)]
 pub struct Field {

@@ -13,10 +13,10 @@ use super::answer::{classify, parse_retry_after, Answer};
 use super::version::{self, Version};
 use super::{endpoint, request_body};
 use crate::cloud::Identity;
-use crate::headers::Headers;
+use crate::coder::headers::Headers;
+use crate::coder::proxy::Route;
 use crate::http::{error_chain, Transport, USER_AGENT};
 use crate::outcome::Failure;
-use crate::proxy::Route;
 use crate::retry::Attempt;
 use crate::secret::Secret;
 use crate::text::Redactor;
@@ -72,7 +72,7 @@ fn redirect_policy(base: &Url) -> reqwest::redirect::Policy {
 
 impl CoderClient {
     pub fn new(base: &Url, headers: Headers, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
-        let route = crate::proxy::route_from_env(base)?;
+        let route = crate::coder::proxy::route_from_env(base)?;
         let mut builder = route
             .apply(reqwest::Client::builder())?
             .redirect(redirect_policy(base))
@@ -80,7 +80,7 @@ impl CoderClient {
             .timeout(REQUEST_TIMEOUT)
             .user_agent(USER_AGENT);
         // Checked whatever the scheme (a bounded read of a regular file).
-        let extra = ca_cert.map(crate::files::ca_certificates).transpose()?;
+        let extra = ca_cert.map(crate::bounded::ca_certificates).transpose()?;
         if base.scheme() == "https" {
             if let Some(certs) = extra {
                 builder = builder.tls_certs_merge(certs);

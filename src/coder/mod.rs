@@ -4,6 +4,8 @@
 
 pub mod answer;
 pub mod client;
+pub mod headers;
+pub mod proxy;
 pub mod version;
 
 use reqwest::Url;
