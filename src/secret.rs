@@ -3,8 +3,16 @@
 //! `Display` or log line can print them by accident.
 //!
 //! The value is reachable only through [`Secret::expose`], which is called in
-//! exactly three kinds of places: building the request body for Coder, writing
-//! the token sink, and the explicit `identity --raw` output.
+//! four kinds of places, and only there:
+//! - sending it where it belongs: the request body for Coder (`coder/mod.rs`)
+//!   and the IMDSv2 token header (`cloud/aws.rs`);
+//! - handing the token on: the token file, stdout, the command's environment
+//!   (`sink/`);
+//! - describing the identity to its owner: the decoded, non-secret contents of
+//!   a document or JWT (each provider's `summarize`), the shortened values of
+//!   `--dry-run`, and the raw values that `identity --raw` was asked for
+//!   (`inspect.rs`);
+//! - teaching the redactor what to withhold from server text (`app.rs`).
 
 use std::fmt;
 
@@ -21,11 +29,8 @@ impl Secret {
         &self.0
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
+    /// Its length in bytes (a summary may say it; nothing else of it).
+    pub fn byte_len(&self) -> usize {
         self.0.len()
     }
 
@@ -65,6 +70,8 @@ mod tests {
         assert_eq!(format!("{s}"), "[redacted]");
         assert_eq!(format!("{:?}", Some(&s)), "Some([redacted])");
         assert_eq!(s.expose(), "f3a1c2d4-token-value");
+        assert_eq!(s.byte_len(), 20);
+        assert_eq!(Secret::new("é").byte_len(), 2);
     }
 
     #[test]

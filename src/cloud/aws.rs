@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{
     env_url, join, Cause, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetaResponse,
-    MetadataClient, MetadataError, ProbeSpec, Provider, Setting, LINK_LOCAL,
+    MetadataClient, MetadataError, Names, ProbeSpec, Provider, Setting, LINK_LOCAL,
 };
 use crate::secret::Secret;
 
@@ -76,18 +76,17 @@ const SIGNALS: &[DmiSignal] = &[
     },
 ];
 
+/// Its names; its Coder endpoint is `{CODER_PATH_PREFIX}aws-instance-identity`.
+pub const NAMES: Names = Names {
+    id: "aws",
+    display: "AWS",
+    auth_method: "aws-instance-identity",
+    aliases: &[],
+};
+
 impl Provider for Aws {
-    fn id(&self) -> &'static str {
-        "aws"
-    }
-    fn display_name(&self) -> &'static str {
-        "AWS"
-    }
-    fn auth_method(&self) -> &'static str {
-        "aws-instance-identity"
-    }
-    fn coder_path(&self) -> &'static str {
-        "/api/v2/workspaceagents/aws-instance-identity"
+    fn names(&self) -> &'static Names {
+        &NAMES
     }
     fn dmi_signals(&self) -> &'static [DmiSignal] {
         SIGNALS
@@ -136,13 +135,13 @@ impl Provider for Aws {
 
     fn summarize(&self, identity: &Identity) -> Value {
         let document = identity.get(DOCUMENT).map(Secret::expose).unwrap_or("");
-        let mut v = json!({ "cloud": self.id() });
+        let mut v = json!({ "cloud": NAMES.id });
         match parse_document(document) {
             Ok(d) => v["document"] = serde_json::to_value(d).unwrap_or(Value::Null),
             Err(e) => v["document_error"] = json!(e),
         }
         v["document_bytes"] = json!(document.len());
-        v["signature_bytes"] = json!(identity.get(SIGNATURE).map_or(0, Secret::len));
+        v["signature_bytes"] = json!(identity.get(SIGNATURE).map_or(0, Secret::byte_len));
         v
     }
 }

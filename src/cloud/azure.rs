@@ -4,7 +4,7 @@ use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
 use super::{
-    join, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetadataClient, ProbeSpec,
+    join, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetadataClient, Names, ProbeSpec,
     Provider, LINK_LOCAL,
 };
 use crate::secret::Secret;
@@ -24,18 +24,17 @@ const SIGNALS: &[DmiSignal] = &[DmiSignal {
     decides: |v| v == ASSET_TAG,
 }];
 
+/// Its names; its Coder endpoint is `{CODER_PATH_PREFIX}azure-instance-identity`.
+pub const NAMES: Names = Names {
+    id: "azure",
+    display: "Azure",
+    auth_method: "azure-instance-identity",
+    aliases: &[],
+};
+
 impl Provider for Azure {
-    fn id(&self) -> &'static str {
-        "azure"
-    }
-    fn display_name(&self) -> &'static str {
-        "Azure"
-    }
-    fn auth_method(&self) -> &'static str {
-        "azure-instance-identity"
-    }
-    fn coder_path(&self) -> &'static str {
-        "/api/v2/workspaceagents/azure-instance-identity"
+    fn names(&self) -> &'static Names {
+        &NAMES
     }
     /// Only the asset tag: `sys_vendor` "Microsoft Corporation" and `product_name`
     /// "Virtual Machine" are also on-premises Hyper-V, so they decide nothing.
@@ -69,7 +68,7 @@ impl Provider for Azure {
     fn summarize(&self, identity: &Identity) -> Value {
         let signature = identity.get(SIGNATURE).map(Secret::expose).unwrap_or("");
         let mut v = json!({
-            "cloud": self.id(),
+            "cloud": NAMES.id,
             "encoding": identity.get(ENCODING).map(Secret::expose),
             "signature_bytes": signature.len(),
             "note": "content extracted from the PKCS#7 without verifying its signature; Coder verifies it",

@@ -7,7 +7,7 @@ use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
 use super::{
-    join, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetadataClient, ProbeSpec,
+    join, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetadataClient, Names, ProbeSpec,
     Provider,
 };
 
@@ -18,21 +18,17 @@ const SIGNALS: &[DmiSignal] = &[DmiSignal {
     decides: |v| v == "ExampleCloud",
 }];
 
+/// Its names; its Coder endpoint is `{CODER_PATH_PREFIX}example-instance-identity`.
+pub const NAMES: Names = Names {
+    id: "example",
+    display: "Example Cloud",
+    auth_method: "example-instance-identity",
+    aliases: &["ex"],
+};
+
 impl Provider for Example {
-    fn id(&self) -> &'static str {
-        "example"
-    }
-    fn display_name(&self) -> &'static str {
-        "Example Cloud"
-    }
-    fn auth_method(&self) -> &'static str {
-        "example-instance-identity"
-    }
-    fn aliases(&self) -> &'static [&'static str] {
-        &["ex"]
-    }
-    fn coder_path(&self) -> &'static str {
-        "/api/v2/workspaceagents/example-instance-identity"
+    fn names(&self) -> &'static Names {
+        &NAMES
     }
     fn dmi_signals(&self) -> &'static [DmiSignal] {
         SIGNALS
@@ -55,7 +51,7 @@ impl Provider for Example {
         Box::new(ExampleFetcher { client, base })
     }
     fn summarize(&self, identity: &Identity) -> Value {
-        json!({ "cloud": self.id(), "token_bytes": identity.get("token").map_or(0, |t| t.len()) })
+        json!({ "cloud": NAMES.id, "token_bytes": identity.get("token").map_or(0, crate::secret::Secret::byte_len) })
     }
 }
 

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::{
     join, DmiSignal, Env, FetchFuture, Fetcher, Field, Identity, MetadataClient, MetadataError,
-    ProbeSpec, Provider,
+    Names, ProbeSpec, Provider,
 };
 use crate::secret::Secret;
 
@@ -32,21 +32,17 @@ const SIGNALS: &[DmiSignal] = &[
     },
 ];
 
+/// Its names; its Coder endpoint is `{CODER_PATH_PREFIX}google-instance-identity`.
+pub const NAMES: Names = Names {
+    id: "gcp",
+    display: "GCP",
+    auth_method: "google-instance-identity",
+    aliases: &["google"],
+};
+
 impl Provider for Gcp {
-    fn id(&self) -> &'static str {
-        "gcp"
-    }
-    fn display_name(&self) -> &'static str {
-        "GCP"
-    }
-    fn auth_method(&self) -> &'static str {
-        "google-instance-identity"
-    }
-    fn aliases(&self) -> &'static [&'static str] {
-        &["google"]
-    }
-    fn coder_path(&self) -> &'static str {
-        "/api/v2/workspaceagents/google-instance-identity"
+    fn names(&self) -> &'static Names {
+        &NAMES
     }
     fn dmi_signals(&self) -> &'static [DmiSignal] {
         SIGNALS
@@ -86,7 +82,7 @@ impl Provider for Gcp {
     fn summarize(&self, identity: &Identity) -> Value {
         let jwt = identity.get(JWT).map(Secret::expose).unwrap_or("");
         let mut v = json!({
-            "cloud": self.id(),
+            "cloud": NAMES.id,
             "jwt_bytes": jwt.len(),
             "note": "claims decoded without verifying the signature; Coder verifies it",
         });

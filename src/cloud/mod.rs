@@ -33,20 +33,26 @@ pub const LINK_LOCAL: &str = "http://169.254.169.254";
 pub type FetchFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Identity, MetadataError>> + Send + 'a>>;
 
+/// Where Coder takes every cloud's identity: this, then the auth method.
+pub const CODER_PATH_PREFIX: &str = "/api/v2/workspaceagents/";
+
+/// What one cloud is called: by this tool, by people and by Coder.
+pub struct Names {
+    /// The short name: `aws`, `gcp`, `azure` (logs, `--json`, `detect`).
+    pub id: &'static str,
+    /// The name for people: `AWS`, `GCP`, `Azure`.
+    pub display: &'static str,
+    /// Coder's `CODER_AGENT_AUTH` value for this cloud, e.g. `aws-instance-identity`;
+    /// also the last segment of its Coder endpoint.
+    pub auth_method: &'static str,
+    /// Other spellings `--auth` accepts (the id is always accepted).
+    pub aliases: &'static [&'static str],
+}
+
 /// Everything that is true of one cloud.
 pub trait Provider: Sync + 'static {
-    /// The short name: `aws`, `gcp`, `azure` (logs, `--json`, `detect`).
-    fn id(&self) -> &'static str;
-    /// The name for people: `AWS`, `GCP`, `Azure`.
-    fn display_name(&self) -> &'static str;
-    /// Coder's `CODER_AGENT_AUTH` value for this cloud, e.g. `aws-instance-identity`.
-    fn auth_method(&self) -> &'static str;
-    /// Other spellings `--auth` accepts (the id is always accepted).
-    fn aliases(&self) -> &'static [&'static str] {
-        &[]
-    }
-    /// The Coder endpoint that takes this cloud's identity.
-    fn coder_path(&self) -> &'static str;
+    /// Its names.
+    fn names(&self) -> &'static Names;
     /// DMI files that identify this cloud without the network, in the order checked.
     fn dmi_signals(&self) -> &'static [DmiSignal];
     /// The metadata service's base URL from this cloud's own conventions
@@ -118,6 +124,32 @@ impl Cloud {
     /// The provider behind this handle.
     pub fn provider(self) -> &'static dyn Provider {
         self.0
+    }
+
+    /// The short name: `aws`, `gcp`, `azure`.
+    pub fn id(self) -> &'static str {
+        self.0.names().id
+    }
+
+    /// The name for people: `AWS`, `GCP`, `Azure`.
+    pub fn display_name(self) -> &'static str {
+        self.0.names().display
+    }
+
+    /// Coder's `CODER_AGENT_AUTH` value, e.g. `aws-instance-identity`.
+    pub fn auth_method(self) -> &'static str {
+        self.0.names().auth_method
+    }
+
+    /// Other spellings `--auth` accepts.
+    pub fn aliases(self) -> &'static [&'static str] {
+        self.0.names().aliases
+    }
+
+    /// The Coder endpoint that takes this cloud's identity, e.g.
+    /// `/api/v2/workspaceagents/aws-instance-identity`.
+    pub fn coder_path(self) -> String {
+        format!("{CODER_PATH_PREFIX}{}", self.auth_method())
     }
 }
 
@@ -459,7 +491,10 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for c in REGISTRY {
             assert!(ids.insert(c.id()), "duplicate id {}", c.id());
-            assert!(c.coder_path().starts_with("/api/v2/workspaceagents/"));
+            assert_eq!(
+                c.coder_path(),
+                format!("/api/v2/workspaceagents/{}", c.auth_method())
+            );
             assert!(c.auth_method().ends_with("-instance-identity"));
             assert!(!c.dmi_signals().is_empty());
             assert!(c.probe().path.starts_with('/'));

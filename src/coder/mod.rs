@@ -19,7 +19,7 @@ pub use client::CoderClient;
 /// The exchange endpoint for this identity's cloud, on the deployment's origin
 /// (any path prefix in the URL is dropped, as Coder's Go client does).
 pub fn endpoint(base: &Url, identity: &Identity) -> Url {
-    base.join(identity.cloud().coder_path())
+    base.join(&identity.cloud().coder_path())
         .expect("static path")
 }
 
