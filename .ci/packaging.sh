@@ -225,7 +225,7 @@ systemd-analyze security --offline=yes --root="$ROOT" --threshold=30 coder-agent
 step "the integration suite against the shipped amd64 binary"
 # The black-box suites spawn CODER_AGENT_AUTH_TEST_BIN instead of the binary cargo built: here
 # the static release binary exactly as packaged (fleet, a load test, runs in .ci/run).
-SUITES=(--test exchange --test faults --test sink --test diagnostics --test e2e)
+SUITES=(--test integration -- exchange:: faults:: sink:: diagnostics:: e2e::)
 CODER_AGENT_AUTH_TEST_BIN="$OUT/coder-agent-auth-linux-amd64" \
     cargo test -p coder-agent-auth "${SUITES[@]}"
 

@@ -2,14 +2,12 @@
 //! the header syntax (against Coder's own parsing, run by Go), the header
 //! command, the server's version, and the answers that are not what they seem.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Headers a client adds by itself; the rest came from the user.
 const OWN: &[&str] = &[
@@ -315,9 +313,7 @@ fn what_the_refusal_prevents_an_old_server_answers_any_name_with_its_newest_agen
     // a name would have been ignored the same way.
     let sim = versioned("v2.32.1", &["main", "dev"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Aws);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Aws, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
         fs::read_to_string(token_path(&dir, "t")).unwrap().trim(),
@@ -454,9 +450,7 @@ fn a_401_from_a_failed_certificate_fetch_is_retried_and_blamed_on_the_server() {
         cfg.faults = vec![fault.clone()];
         let sim = Sim::start(cfg);
         let dir = tempfile::tempdir().unwrap();
-        let mut c = command(&sim, &cloud);
-        c.arg("--token-file").arg(token_path(&dir, "t"));
-        let r = run(c);
+        let r = exchange(&sim, &cloud, &dir, &[]);
         assert_eq!(r.code, 0, "{cloud:?}: recovers: {r:?}");
         assert_eq!(coder_requests(&sim).len(), 3);
         // Persistently: exit 6, and the server is named as the cause.
@@ -534,9 +528,7 @@ fn old_servers_jobs_400_is_retried() {
     cfg.faults = vec![Fault::coder_job_not_a_build(2)];
     let sim = Sim::start(cfg);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Aws);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Aws, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(coder_requests(&sim).len(), 3);
     assert!(

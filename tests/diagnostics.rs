@@ -2,13 +2,11 @@
 //! DMI comes from a fake tree (the test-only CODER_AGENT_AUTH_SYSFS_ROOT);
 //! every probe goes to the simulator through the generic endpoint override.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const AZURE_TAG: &str = "7783-7084-3265-9085-8269-3286-77";

@@ -5,13 +5,11 @@
 //! variables. The simulator runs in this test process, its sockets bound
 //! inside the namespace. Needs root and iproute2; skipped otherwise (CI is root).
 
-mod common;
-
 use std::fs;
 use std::process::{Command, Stdio};
 
-use common::netns::Netns;
-use common::*;
+use crate::common::netns::Netns;
+use crate::common::*;
 use serde_json::Value;
 
 fn skip_reason() -> Option<String> {

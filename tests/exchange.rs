@@ -1,12 +1,10 @@
 //! The exchange as users see it: exit codes, stdout/stderr, files, and what
 //! went over the wire, against the in-process simulator.
 
-mod common;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn body(r: &Recorded) -> serde_json::Value {
     serde_json::from_slice(&r.body).expect("JSON body")
@@ -90,9 +88,7 @@ fn each_name_gets_its_own_token_in_a_0600_file() {
 fn a_single_agent_needs_no_name() {
     let sim = start(Cloud::Azure, &["only"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Azure);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Azure, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
         fs::read_to_string(token_path(&dir, "t")).unwrap().trim(),
@@ -195,9 +191,7 @@ fn usage_errors_exit_2() {
 fn aws_requests_are_exactly_imdsv2() {
     let sim = start(Cloud::Aws, &["main"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Aws);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Aws, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     let md = metadata_requests(&sim);
     assert_eq!(md.len(), 3, "{md:?}");
@@ -293,9 +287,7 @@ fn every_metadata_request_arrives_on_a_connection_of_its_own() {
 fn gcp_request_is_exact() {
     let sim = start(Cloud::Gcp, &["main"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Gcp);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Gcp, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     let md = metadata_requests(&sim);
     assert_eq!(md.len(), 1);
@@ -321,9 +313,7 @@ fn gcp_request_is_exact() {
 fn azure_request_is_exact() {
     let sim = start(Cloud::Azure, &["main"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Azure);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Azure, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     let md = metadata_requests(&sim);
     assert_eq!(md.len(), 1);
@@ -341,9 +331,7 @@ fn imdsv1_fallback_when_the_token_put_is_refused() {
     cfg.imds_v1_only = true;
     let sim = Sim::start(cfg);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Aws);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Aws, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("IMDSv1"), "{}", r.stderr);
     assert!(
@@ -369,9 +357,7 @@ fn a_token_put_cut_off_once_is_retried_not_taken_for_imdsv1() {
     cfg.faults = vec![Fault::metadata(FaultKind::Reset, 1).on_path("/latest/api/token")];
     let sim = Sim::start(cfg);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Aws);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Aws, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(!r.stderr.contains("IMDSv1"), "{}", r.stderr);
     let requests = metadata_requests(&sim);
@@ -424,9 +410,7 @@ fn imdsv1_fallback_when_the_token_put_never_answers() {
     cfg.imds_put_hangs = true;
     let sim = Sim::start(cfg);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Aws);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Aws, &dir, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("timed out"), "{}", r.stderr);
     assert!(r.stderr.contains("IMDSv1"), "{}", r.stderr);
@@ -534,9 +518,7 @@ fn rejections_exit_4_at_once_with_the_servers_words() {
         )];
         let sim = Sim::start(cfg);
         let dir = tempfile::tempdir().unwrap();
-        let mut c = command(&sim, &Cloud::Aws);
-        c.arg("--token-file").arg(token_path(&dir, "t"));
-        let r = run(c);
+        let r = exchange(&sim, &Cloud::Aws, &dir, &[]);
         assert_eq!(r.code, 4, "{status}: {r:?}");
         assert!(r.stderr.contains(want), "{status}: {}", r.stderr);
         assert_eq!(coder_requests(&sim).len(), 1, "{status}: no retry");
@@ -564,20 +546,9 @@ fn answers_that_are_not_coders_exit_4_with_their_fix() {
         ),
     ];
     for (status, ct, answer, fix) in answers {
-        let mut cfg = SimConfig::new(Cloud::Gcp, &["main"]);
-        cfg.faults = vec![Fault::coder(
-            FaultKind::Status {
-                status,
-                content_type: ct.into(),
-                body: answer.into(),
-            },
-            1,
-        )];
-        let sim = Sim::start(cfg);
+        let sim = answering_once(Cloud::Gcp, status, ct, answer);
         let dir = tempfile::tempdir().unwrap();
-        let mut c = command(&sim, &Cloud::Gcp);
-        c.arg("--token-file").arg(token_path(&dir, "t"));
-        let r = run(c);
+        let r = exchange(&sim, &Cloud::Gcp, &dir, &[]);
         assert_eq!(r.code, 4, "{status}: {r:?}");
         assert!(r.stderr.contains(fix), "{status}: {}", r.stderr);
         assert_eq!(coder_requests(&sim).len(), 1, "{status}: no retry");
@@ -609,20 +580,9 @@ fn unusable_answers_exit_4_and_store_nothing() {
         (418, "text/plain", "teapot", "unexpected 418"),
     ];
     for (status, ct, answer, want) in answers {
-        let mut cfg = SimConfig::new(Cloud::Azure, &["main"]);
-        cfg.faults = vec![Fault::coder(
-            FaultKind::Status {
-                status,
-                content_type: ct.into(),
-                body: answer.into(),
-            },
-            1,
-        )];
-        let sim = Sim::start(cfg);
+        let sim = answering_once(Cloud::Azure, status, ct, answer);
         let dir = tempfile::tempdir().unwrap();
-        let mut c = command(&sim, &Cloud::Azure);
-        c.arg("--token-file").arg(token_path(&dir, "t"));
-        let r = run(c);
+        let r = exchange(&sim, &Cloud::Azure, &dir, &[]);
         assert_eq!(r.code, 4, "{status} {answer}: {r:?}");
         assert!(r.stderr.contains(want), "{}", r.stderr);
         assert!(!r.stderr.contains("panicked"));
@@ -721,9 +681,7 @@ fn azures_404_and_410_while_it_warms_up_are_retried() {
         .on_path("/attested/")];
         let sim = Sim::start(cfg);
         let dir = tempfile::tempdir().unwrap();
-        let mut c = command(&sim, &Cloud::Azure);
-        c.arg("--token-file").arg(token_path(&dir, "t"));
-        let r = run(c);
+        let r = exchange(&sim, &Cloud::Azure, &dir, &[]);
         assert_eq!(r.code, 0, "{status}: {r:?}");
         let attested = metadata_requests(&sim)
             .iter()

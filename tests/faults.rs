@@ -1,12 +1,10 @@
 //! The fault matrix: each case ends with its documented exit code, in bounded
 //! time, with nothing stored and no panic.
 
-mod common;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 struct Case {
     name: &'static str,
@@ -363,9 +361,7 @@ fn redirects_are_followed_only_within_the_origin() {
     )];
     let sim = Sim::start(cfg);
     let dir = tempfile::tempdir().unwrap();
-    let mut c = command(&sim, &Cloud::Aws);
-    c.arg("--token-file").arg(token_path(&dir, "t"));
-    let r = run(c);
+    let r = exchange(&sim, &Cloud::Aws, &dir, &[]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("redirect"), "{}", r.stderr);
     assert!(

@@ -3,14 +3,12 @@
 //! lost. Prints p50/p99 (figures, not assertions). Bounded: each run has a
 //! 120 s deadline and the test stops by itself.
 
-mod common;
-
 use std::collections::HashMap;
 use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const FLEET: usize = 500;
 const AGENTS: usize = 10;

@@ -2,12 +2,10 @@
 //! product stays within its memory and time, never repeats a secret it holds,
 //! never lets a server forge a line, and delivers only a token of Coder's shape.
 
-mod common;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Every secret of this run that could appear in output: tokens issued, the
 /// identity posted, and the pieces of it long enough to matter.

@@ -3,11 +3,9 @@
 //! `--json`, the `cloud` field of every log line, and the order of `detect`'s
 //! probes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn json_line(r: &Run) -> Value {

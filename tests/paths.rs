@@ -3,8 +3,6 @@
 //! stale temporary files, SIGHUP, the default token path, and the exec
 //! command's checks and exit codes.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -12,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const NOBODY: u32 = 65534;

@@ -8,15 +8,13 @@
 //! `coder.example.test` names 192.0.2.10. Those tests need root and `ip`;
 //! they are skipped otherwise (and fail under `CI=true`). The rest run anywhere.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::netns::{self, Netns};
-use common::*;
+use crate::common::netns::{self, Netns};
+use crate::common::*;
 
 const V4: &str = "192.0.2.10";
 const V6: &str = "2001:db8::10";

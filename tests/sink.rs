@@ -2,14 +2,12 @@
 //! unwritable directories, and running as a normal user. Hostile paths (what
 //! may be replaced, unsafe directories) are in tests/paths.rs.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }

@@ -69,6 +69,29 @@ pub fn run(mut c: Command) -> Run {
     c.output().expect("run coder-agent-auth").into()
 }
 
+/// The usual scenario: run the product against `sim` with `args`, its token
+/// stored at `DIR/t.token`.
+pub fn exchange(sim: &Sim, cloud: &Cloud, dir: &tempfile::TempDir, args: &[&str]) -> Run {
+    let mut c = command(sim, cloud);
+    c.args(args).arg("--token-file").arg(token_path(dir, "t"));
+    run(c)
+}
+
+/// A simulator with the agent `main` whose Coder answers the first exchange
+/// with `status`, `content_type` and `body`, and every later one normally.
+pub fn answering_once(cloud: Cloud, status: u16, content_type: &str, body: &str) -> Sim {
+    let mut cfg = SimConfig::new(cloud, &["main"]);
+    cfg.faults = vec![Fault::coder(
+        FaultKind::Status {
+            status,
+            content_type: content_type.into(),
+            body: body.into(),
+        },
+        1,
+    )];
+    Sim::start(cfg)
+}
+
 pub fn start(cloud: Cloud, agents: &[&str]) -> Sim {
     Sim::start(SimConfig::new(cloud, agents))
 }
