@@ -11,6 +11,9 @@ use reqwest::Url;
 use crate::cloud::Cloud;
 use crate::coder::headers::Headers;
 
+/// The shortest `--watch` interval.
+pub const WATCH_MIN: Duration = Duration::from_secs(1);
+
 /// Default directory for token files when `--token-file` is not given.
 pub const DEFAULT_TOKEN_DIR: &str = "/run/coder-agent-auth";
 
@@ -74,6 +77,10 @@ pub struct Config {
     pub command: Vec<OsString>,
     pub dry_run: bool,
     pub json: bool,
+    /// `--watch`: stay, and check again about this often; `None`: exchange once.
+    pub watch: Option<Duration>,
+    /// `--on-change`: a shell script run after each change of the token file.
+    pub on_change: Option<String>,
 }
 
 /// The default token path: one file per agent name under /run.

@@ -19,7 +19,9 @@ mod detect;
 mod http;
 mod inspect;
 mod logging;
+mod notify;
 mod outcome;
+mod process;
 mod retry;
 mod secret;
 mod sink;
@@ -27,7 +29,7 @@ mod text;
 mod tls;
 
 pub use cli::Cli;
-pub use outcome::{Done, Failure, Finished, Rendered};
+pub use outcome::{Blame, Done, Failure, Finished, Rendered};
 
 /// The binary's entry point: parse `args` (argv, program name first) and run.
 /// A command-line error is the tool's usage error (exit 2; the usage JSON

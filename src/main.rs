@@ -6,6 +6,7 @@ use coder_agent_auth::{Done, Failure, Finished};
 /// The stable exit codes (documented in `--help`, the README and the man page).
 fn exit_code(result: &Result<Done, Failure>) -> i32 {
     match result {
+        Ok(Done::Stopped { signal }) => 128 + signal,
         Ok(_) => 0,
         Err(Failure::Internal(_)) => 1,
         Err(Failure::Usage(_)) => 2,
@@ -49,13 +50,16 @@ mod tests {
     fn exit_codes_are_stable() {
         let code = |f: Failure| exit_code(&Err(f));
         assert_eq!(exit_code(&Ok(Done::HandedOn)), 0);
+        assert_eq!(exit_code(&Ok(Done::Stopped { signal: 15 })), 143);
+        assert_eq!(exit_code(&Ok(Done::Stopped { signal: 2 })), 130);
         assert_eq!(code(Failure::Internal(anyhow::anyhow!("x"))), 1);
         assert_eq!(code(Failure::Usage(String::new())), 2);
         assert_eq!(code(Failure::Ambiguous(Default::default())), 3);
         assert_eq!(code(Failure::Rejected(String::new())), 4);
         assert_eq!(code(Failure::NoIdentity(String::new())), 5);
         let (why, last) = (String::new(), String::new());
-        assert_eq!(code(Failure::Timeout { why, last }), 6);
+        let blame = coder_agent_auth::Blame::Coder;
+        assert_eq!(code(Failure::Timeout { why, last, blame }), 6);
         assert_eq!(code(Failure::Store(String::new())), 7);
         let exec = |not_found| Failure::Exec {
             message: String::new(),

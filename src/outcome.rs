@@ -23,6 +23,45 @@ pub struct Ambiguity {
     pub notes: Vec<String>,
 }
 
+/// What failed last when retries ran out (or a resident check failed): the
+/// fix names that, not every suspect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The cloud's metadata service (detection, the identity).
+    Metadata,
+    /// `--header-command`.
+    HeaderCommand,
+    /// `GET /api/v2/buildinfo`.
+    Version,
+    /// The exchange at Coder.
+    Coder,
+}
+
+impl Blame {
+    /// The `fix:` line for a failure of this part.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Blame::Metadata => {
+                "fix: check that this VM's metadata service answers (`coder-agent-auth identity -v` \
+                 shows each request); right after boot it may need a moment, so raise --timeout \
+                 (CODER_AGENT_AUTH_TIMEOUT)"
+            }
+            Blame::HeaderCommand => {
+                "fix: run the header command by hand, with CODER_URL set, to see why it fails or hangs \
+                 (it has 10 s, and its stderr is shown with -v)"
+            }
+            Blame::Version => {
+                "fix: check that the Coder URL is reachable from this VM and answers \
+                 GET /api/v2/buildinfo; raise --timeout (CODER_AGENT_AUTH_TIMEOUT) if it is slow"
+            }
+            Blame::Coder => {
+                "fix: check that the Coder URL is reachable from this VM; raise --timeout \
+                 (CODER_AGENT_AUTH_TIMEOUT) if the workspace build is slow to register the instance"
+            }
+        }
+    }
+}
+
 /// Everything that ends a run without a token (or without its diagnostic).
 #[derive(Debug)]
 pub enum Failure {
@@ -34,8 +73,13 @@ pub enum Failure {
     Rejected(String),
     /// No cloud identity is available here (no cloud, IMDS refused, AWS disabled).
     NoIdentity(String),
-    /// The deadline ended the retries: why, and the last transient error.
-    Timeout { why: String, last: String },
+    /// The deadline ended the retries: why, the last transient error, and
+    /// which part failed last.
+    Timeout {
+        why: String,
+        last: String,
+        blame: Blame,
+    },
     /// The token could not be stored.
     Store(String),
     /// The token was issued, but `-- COMMAND` could not be started: exit 127
@@ -91,12 +135,12 @@ impl fmt::Display for Failure {
                     "fix: pass --agent-name NAME (or set CODER_AGENT_NAME=NAME) with one of the candidates"
                 )
             }
-            Failure::Timeout { why, last } => write!(
+            Failure::Timeout { why, last, blame } => write!(
                 f,
                 "gave up: {why}.\n\
                  last error: {last}\n\
-                 fix: check that the Coder URL and the metadata service are reachable from this VM; \
-                 raise --timeout (CODER_AGENT_AUTH_TIMEOUT) if the workspace build is slow to register the instance"
+                 {}",
+                blame.fix()
             ),
             Failure::Interrupted { signal } => {
                 let name = match *signal {
@@ -127,6 +171,9 @@ pub enum Done {
     HandedOn,
     /// A diagnostic was produced (detect, identity, dry run); see [`Finished::output`].
     Printed,
+    /// A resident run (`--watch`) was stopped by this signal, after it had
+    /// handed on a token (and passed the signal on to its command).
+    Stopped { signal: i32 },
 }
 
 /// A diagnostic for stdout, as JSON and as text for people.

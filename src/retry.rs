@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
-use crate::outcome::Failure;
+use crate::outcome::{Blame, Failure};
 
 /// How one attempt failed, as the retry loop needs to know it (the AWS
 /// SDK's retry classifier, kept apart from the caller's error).
@@ -22,17 +22,20 @@ pub enum Attempt {
         message: String,
         /// The server asked not to be called again before this long.
         retry_after: Option<Duration>,
+        /// Which part failed: the fix, if retries run out, names it.
+        blame: Blame,
     },
     /// No later attempt can do better: the run ends with this failure.
     Stop(Failure),
 }
 
 impl Attempt {
-    /// A failure worth another attempt.
-    pub fn retry(message: impl Into<String>) -> Self {
+    /// A failure of `blame`'s part worth another attempt.
+    pub fn retry(blame: Blame, message: impl Into<String>) -> Self {
         Attempt::Retry {
             message: message.into(),
             retry_after: None,
+            blame,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct Policy {
     deadline: Option<Instant>,
     /// The configured total, for messages.
     timeout: Option<Duration>,
+    /// For a share of the deadline: what it is for, and how long it is.
+    share: Option<(&'static str, Duration)>,
 }
 
 /// The first retry comes after 100–200 ms; delays double up to 5–10 s (with jitter).
@@ -70,6 +75,37 @@ impl Policy {
         Policy {
             deadline: timeout.map(|t| Instant::now() + t),
             timeout,
+            share: None,
+        }
+    }
+
+    /// A share of what is left of this deadline for one step (`what`, e.g.
+    /// "reading Coder's version"): at most `max`, and at most `1/parts` of
+    /// the time left (all of `max` when there is no deadline).
+    pub fn share(&self, what: &'static str, max: Duration, parts: u32) -> Policy {
+        let now = Instant::now();
+        let len = match self.deadline {
+            Some(d) => (d.saturating_duration_since(now) / parts.max(1)).min(max),
+            None => max,
+        };
+        Policy {
+            deadline: Some(now + len),
+            timeout: self.timeout,
+            share: Some((what, len)),
+        }
+    }
+
+    /// The deadline, as messages name it, with the time `left` if given:
+    /// "the deadline (--timeout 5m 0s, 2.0 s left)".
+    fn budget(&self, left: Option<Duration>) -> String {
+        let total = match self.timeout {
+            Some(t) => format!("--timeout {}", human(t)),
+            None => "no deadline".to_string(),
+        };
+        let left = left.map(|l| format!(", {} left", human(l))).unwrap_or_default();
+        match self.share {
+            Some((what, len)) => format!("the time for {what} ({} of {total}{left})", human(len)),
+            None => format!("the deadline ({total}{left})"),
         }
     }
 
@@ -85,26 +121,35 @@ impl Policy {
     }
 
     /// Run one step that is not retried (cloud detection) under the same
-    /// deadline.
-    pub async fn within<T>(&self, what: &str, step: impl Future<Output = T>) -> Result<T, Failure> {
+    /// deadline; `blame` is the part it waits on.
+    pub async fn within<T>(
+        &self,
+        what: &str,
+        blame: Blame,
+        step: impl Future<Output = T>,
+    ) -> Result<T, Failure> {
         match self.deadline {
             None => Ok(step.await),
             Some(d) => tokio::time::timeout_at(d, step)
                 .await
                 .map_err(|_| Failure::Timeout {
-                    why: format!(
-                        "the deadline (--timeout {}) passed while {what}",
-                        human(self.timeout.unwrap_or_default())
-                    ),
+                    why: format!("{} passed while {what}", self.budget(None)),
                     last: format!("{what} did not finish before the deadline"),
+                    blame,
                 }),
         }
     }
 
     /// Run `attempt` until it succeeds, fails permanently, or the deadline
-    /// passes. Each attempt is itself cut off at the deadline. A server's
-    /// `Retry-After` is honoured: the next attempt waits at least that long.
-    pub async fn run<T, E, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Failure>
+    /// passes. Each attempt is itself cut off at the deadline; `waiting` says
+    /// which part an attempt cut off was waiting on. A server's `Retry-After`
+    /// is honoured: the next attempt waits at least that long.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        what: &str,
+        waiting: &dyn Fn() -> Blame,
+        mut attempt: F,
+    ) -> Result<T, Failure>
     where
         E: Into<Attempt>,
         F: FnMut() -> Fut,
@@ -119,23 +164,25 @@ impl Policy {
                     Err(_) => {
                         return Err(Failure::Timeout {
                             why: format!(
-                                "the deadline (--timeout {}) passed while attempt {n} was still waiting for an answer",
-                                human(self.timeout.unwrap_or_default())
+                                "{} passed while attempt {n} was still waiting for an answer",
+                                self.budget(None)
                             ),
                             last: last.unwrap_or_else(|| {
                                 format!("{what} did not finish before the deadline")
                             }),
+                            blame: waiting(),
                         })
                     }
                 },
                 None => attempt().await,
             };
-            let (message, retry_after) = match result.map_err(Into::into) {
+            let (message, retry_after, blame) = match result.map_err(Into::into) {
                 Ok(v) => return Ok(v),
                 Err(Attempt::Retry {
                     message,
                     retry_after,
-                }) => (message, retry_after),
+                    blame,
+                }) => (message, retry_after, blame),
                 Err(Attempt::Stop(failure)) => return Err(failure),
             };
             let backoff = delays.next().unwrap_or(MAX_DELAY);
@@ -149,23 +196,23 @@ impl Policy {
                     let left = d.saturating_duration_since(now);
                     let why = match retry_after {
                         Some(wait) if now + wait >= d => format!(
-                            "the server asked to be called again in {} (at {}), after the deadline \
-                             (--timeout {}, {} left)",
+                            "the server asked to be called again in {} (at {}), after {}",
                             human(wait),
                             utc(SystemTime::now() + wait),
-                            human(self.timeout.unwrap_or_default()),
-                            human(left)
+                            self.budget(Some(left)),
                         ),
                         _ => format!(
-                            "the next attempt, due in {}, would start after the deadline \
-                             (--timeout {}, {} left) — {n} attempt(s) made",
+                            "the next attempt, due in {}, would start after {} — {n} attempt(s) made",
                             human(delay),
-                            human(self.timeout.unwrap_or_default()),
-                            human(left)
+                            self.budget(Some(left)),
                         ),
                     };
                     tracing::warn!(attempt = n, "{what} failed: {message}; {why}");
-                    return Err(Failure::Timeout { why, last: message });
+                    return Err(Failure::Timeout {
+                        why,
+                        last: message,
+                        blame,
+                    });
                 }
             }
             tracing::warn!(
@@ -182,7 +229,7 @@ impl Policy {
 }
 
 /// A random duration in `[0, max)`.
-fn jitter(max: Duration) -> Duration {
+pub fn jitter(max: Duration) -> Duration {
     let mut buf = [0u8; 4];
     // SAFETY: buf is valid for writes of buf.len() bytes.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -204,7 +251,7 @@ pub fn human(d: Duration) -> String {
 }
 
 /// An RFC 3339 UTC time with second precision (no date crate needed).
-fn utc(t: SystemTime) -> String {
+pub fn utc(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -234,13 +281,13 @@ mod tests {
     use std::cell::Cell;
 
     fn transient() -> Result<u32, Attempt> {
-        Err(Attempt::retry("try again"))
+        Err(Attempt::retry(Blame::Coder, "try again"))
     }
 
     #[test]
     fn an_attempt_says_its_message_or_its_failure() {
         assert_eq!(
-            Attempt::retry("503 from Coder").to_string(),
+            Attempt::retry(Blame::Coder, "503 from Coder").to_string(),
             "503 from Coder"
         );
         let stop = Attempt::from(Failure::Rejected("bad identity".into()));
@@ -253,7 +300,7 @@ mod tests {
         let calls = Cell::new(0);
         let p = Policy::new(Some(Duration::from_secs(60)));
         let r = p
-            .run("t", || async {
+            .run("t", &|| Blame::Coder, || async {
                 calls.set(calls.get() + 1);
                 if calls.get() < 4 {
                     transient()
@@ -271,7 +318,7 @@ mod tests {
         let calls = Cell::new(0);
         let p = Policy::new(Some(Duration::from_secs(60)));
         let r: Result<(), _> = p
-            .run("t", || async {
+            .run("t", &|| Blame::Coder, || async {
                 calls.set(calls.get() + 1);
                 Err::<(), _>(Attempt::Stop(Failure::Rejected("no".into())))
             })
@@ -286,12 +333,12 @@ mod tests {
         let calls = Cell::new(0);
         let p = Policy::new(Some(Duration::from_secs(30)));
         let r = p
-            .run("t", || async {
+            .run("t", &|| Blame::Coder, || async {
                 calls.set(calls.get() + 1);
                 transient()
             })
             .await;
-        let Err(Failure::Timeout { why, last }) = r else {
+        let Err(Failure::Timeout { why, last, .. }) = r else {
             panic!("{r:?}")
         };
         assert_eq!(last, "try again");
@@ -305,7 +352,7 @@ mod tests {
     async fn a_hanging_attempt_is_cut_at_the_deadline() {
         let p = Policy::new(Some(Duration::from_secs(3)));
         let r: Result<(), Failure> = p
-            .run("t", || async {
+            .run("t", &|| Blame::Coder, || async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok::<_, Attempt>(())
             })
@@ -322,12 +369,13 @@ mod tests {
         let start = Instant::now();
         let calls = Cell::new(0);
         let r = p
-            .run("t", || async {
+            .run("t", &|| Blame::Coder, || async {
                 calls.set(calls.get() + 1);
                 if calls.get() == 1 {
                     Err(Attempt::Retry {
                         message: "429".into(),
                         retry_after: Some(Duration::from_secs(7)),
+                        blame: Blame::Coder,
                     })
                 } else {
                     Ok(1)
@@ -345,10 +393,11 @@ mod tests {
         let p = Policy::new(Some(Duration::from_secs(10)));
         let start = Instant::now();
         let r: Result<(), Failure> = p
-            .run("t", || async {
+            .run("t", &|| Blame::Coder, || async {
                 Err(Attempt::Retry {
                     message: "429".into(),
                     retry_after: Some(Duration::from_secs(3600)),
+                    blame: Blame::Coder,
                 })
             })
             .await;
@@ -367,12 +416,13 @@ mod tests {
         let start = Instant::now();
         let calls = Cell::new(0);
         let r = p
-            .run("t", || async {
+            .run("t", &|| Blame::Coder, || async {
                 calls.set(calls.get() + 1);
                 if calls.get() == 1 {
                     Err(Attempt::Retry {
                         message: "429".into(),
                         retry_after: Some(Duration::ZERO),
+                        blame: Blame::Coder,
                     })
                 } else {
                     Ok(1)
@@ -393,14 +443,15 @@ mod tests {
         // deadline that the server's wait crosses it too, and is named.)
         let p = Policy::new(Some(Duration::from_secs(10)));
         let r: Result<(), Failure> = p
-            .run("t", || async {
+            .run("t", &|| Blame::Coder, || async {
                 Err(Attempt::Retry {
                     message: "429".into(),
                     retry_after: Some(Duration::ZERO),
+                    blame: Blame::Coder,
                 })
             })
             .await;
-        let Err(Failure::Timeout { why, last }) = r else {
+        let Err(Failure::Timeout { why, last, .. }) = r else {
             panic!("{r:?}")
         };
         assert_eq!(last, "429");
@@ -434,6 +485,7 @@ mod tests {
         let r = p
             .within(
                 "detecting the cloud",
+                Blame::Metadata,
                 tokio::time::sleep(Duration::from_secs(2)),
             )
             .await;
@@ -441,7 +493,10 @@ mod tests {
             panic!("{r:?}")
         };
         assert!(why.contains("while detecting the cloud"), "{why}");
-        assert_eq!(p.within("x", async { 5 }).await.unwrap(), 5);
+        assert_eq!(
+            p.within("x", Blame::Metadata, async { 5 }).await.unwrap(),
+            5
+        );
     }
 
     #[test]

@@ -162,6 +162,16 @@ impl Redactor {
         Self::default()
     }
 
+    /// Hold a credential someone configured (a proxy's user or password):
+    /// withheld even when shorter than the usual floor, down to 4 characters.
+    pub fn add_credential(&mut self, secret: &str) {
+        if secret.len() >= 4 && !self.exact.iter().any(|f| f == secret) {
+            self.exact.push(secret.to_string());
+            self.exact.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        }
+        self.add(secret);
+    }
+
     /// Hold `secret` (an identity field, a token, a header value).
     pub fn add(&mut self, secret: &str) {
         if secret.trim().len() < MIN_SECRET {
@@ -247,10 +257,15 @@ impl Redactor {
 
     /// Clean, then show at most `max` characters, escaped, saying what was withheld.
     pub fn show(&self, text: &str, max: usize) -> String {
+        self.show_of(text, max, "the server's text")
+    }
+
+    /// [`Redactor::show`] of text from `whose` (for the note on what was withheld).
+    pub fn show_of(&self, text: &str, max: usize, whose: &str) -> String {
         let c = self.clean(text);
         let mut s = excerpt_of(&c.text, max, c.dropped);
         if c.withheld {
-            s.push_str(" (secrets this tool sent were withheld from the server's text)");
+            s.push_str(&format!(" (secrets this tool holds were withheld from {whose})"));
         }
         s
     }

@@ -209,7 +209,7 @@ fn the_header_commands_stderr_shows_at_debug_level_without_its_values() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stderr
-            .contains("header command stderr: minted [withheld] for you"),
+            .contains("the header command's stderr: minted [withheld] for you"),
         "{}",
         r.stderr
     );

@@ -185,16 +185,40 @@ pub struct ExchangeArgs {
     #[arg(long = "header", value_name = "NAME=VALUE", action = ArgAction::Append)]
     pub headers: Vec<String>,
 
-    /// A command (run with sh -c, CODER_URL in its environment) that prints Name=value header
-    /// lines for requests to Coder, as `coder agent --agent-header-command`; run before each
-    /// request, within 10 s.
+    /// A shell script (run with sh -c, CODER_URL in its environment) that prints Name=value
+    /// header lines for requests to Coder, as `coder agent --agent-header-command`; run before
+    /// each request, within 10 s.
     #[arg(
         long,
         hide_env_values = true,
         env = "CODER_AGENT_HEADER_COMMAND",
-        value_name = "COMMAND"
+        value_name = "SCRIPT"
     )]
     pub header_command: Option<String>,
+
+    /// Stay after the first token and keep it true for the life of the VM: exchange again about
+    /// every DURATION (each wait drawn between half and one and a half times it, so that a fleet
+    /// spreads out) and at once on SIGHUP (systemctl reload). A changed token replaces the token
+    /// file, runs --on-change and restarts -- COMMAND, which then runs as a supervised child. A
+    /// failure keeps the current token and command and is retried with a capped backoff. At
+    /// least 1s (10m suits most fleets); 0 or unset: one exchange, then exit.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_AUTH_WATCH",
+        value_name = "DURATION"
+    )]
+    pub watch: Option<String>,
+
+    /// Run SCRIPT (with sh -c, in a process group of its own, within 60 s) each time the token
+    /// file changes, e.g. "systemctl --no-block try-restart coder-agent@main.service".
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "CODER_AGENT_AUTH_ON_CHANGE",
+        value_name = "SCRIPT"
+    )]
+    pub on_change: Option<String>,
 
     /// Do everything up to the POST, then print the request that would be sent (secrets shortened).
     #[arg(long)]
@@ -204,8 +228,8 @@ pub struct ExchangeArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// After success, replace this process with COMMAND, with CODER_AGENT_TOKEN and
-    /// CODER_AGENT_AUTH=token in its environment.
+    /// After success, replace this process with COMMAND (with --watch: run it as a supervised
+    /// child), with CODER_AGENT_TOKEN and CODER_AGENT_AUTH=token in its environment.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }

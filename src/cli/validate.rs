@@ -9,7 +9,7 @@ use reqwest::Url;
 use super::definitions::{Cli, CommonArgs, ExchangeArgs, Sub};
 use crate::cloud::{self, Cloud};
 use crate::coder::headers::Headers;
-use crate::config::{default_token_path, Common, Config, LogConfig, Mode, TokenTarget};
+use crate::config::{default_token_path, Common, Config, LogConfig, Mode, TokenTarget, WATCH_MIN};
 
 impl CommonArgs {
     pub fn log_config(&self) -> LogConfig {
@@ -103,6 +103,50 @@ impl ExchangeArgs {
                     .into(),
             );
         }
+        let watch = match self
+            .watch
+            .as_deref()
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+        {
+            None => None,
+            Some(raw) => {
+                let d = parse_duration(raw).map_err(|e| {
+                    format!(
+                        "invalid --watch / CODER_AGENT_AUTH_WATCH {raw:?}: {e}; use a duration such as \
+                         10m (0 = exchange once and exit)"
+                    )
+                })?;
+                if !d.is_zero() && d < WATCH_MIN {
+                    return Err(format!(
+                        "--watch / CODER_AGENT_AUTH_WATCH {raw:?} is shorter than 1s; use 1s or more \
+                         (10m is a good interval; 0 = exchange once and exit)"
+                    ));
+                }
+                (!d.is_zero()).then_some(d)
+            }
+        };
+        if watch.is_some() && self.json {
+            return Err(
+                "--json describes the one outcome of a run, and --watch keeps running; \
+                        use --log-format json for one JSON line per event"
+                    .into(),
+            );
+        }
+        if watch.is_some() && self.dry_run {
+            return Err(
+                "--dry-run stops before the exchange, and --watch repeats it; drop one".into(),
+            );
+        }
+        let on_change = self.on_change.filter(|c| !c.trim().is_empty());
+        if on_change.is_some() && !matches!(token, TokenTarget::File(_)) {
+            return Err(
+                "--on-change runs when the token file changes, and there is no token file here \
+                 (--token-file - or -- COMMAND without --token-file); give --token-file PATH, or \
+                 drop --on-change"
+                    .into(),
+            );
+        }
         if let Some(ca) = &self.ca_cert {
             if ca.as_os_str().is_empty() {
                 return Err(
@@ -120,6 +164,8 @@ impl ExchangeArgs {
             command: self.command,
             dry_run: self.dry_run,
             json: self.json,
+            watch,
+            on_change,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! concurrently and passed on byte for byte.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
@@ -130,6 +131,7 @@ impl Provider for Aws {
             client,
             base,
             v1: AtomicBool::new(false),
+            token: Mutex::new(None),
         })
     }
 
@@ -151,7 +153,12 @@ struct AwsFetcher {
     client: MetadataClient,
     base: Url,
     v1: AtomicBool,
+    /// The IMDSv2 token and when it was issued: reused while it is valid.
+    token: Mutex<Option<(Secret, Instant)>>,
 }
+
+/// An IMDSv2 token is reused for this long: its TTL (21600 s) less 5 minutes.
+const TOKEN_REUSE: Duration = Duration::from_secs(21_600 - 300);
 
 impl Fetcher for AwsFetcher {
     fn fetch(&self) -> FetchFuture<'_> {
@@ -166,13 +173,32 @@ enum TokenAnswer {
 }
 
 impl AwsFetcher {
-    /// One attempt: token (unless in v1 mode), then signature and document together.
+    /// The IMDSv2 token of an earlier attempt, while it is valid.
+    fn reusable_token(&self) -> Option<Secret> {
+        let held = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .filter(|(_, at)| at.elapsed() < TOKEN_REUSE)
+            .map(|(t, _)| t.clone())
+    }
+
+    fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// One attempt: a token (unless in v1 mode; reused while valid), then
+    /// signature and document together, fresh every time.
     async fn fetch_once(&self) -> Result<Identity, MetadataError> {
         let token = if self.v1.load(Ordering::Relaxed) {
             None
+        } else if let Some(t) = self.reusable_token() {
+            Some(t)
         } else {
             match self.put_token().await? {
-                TokenAnswer::Token(t) => Some(t),
+                TokenAnswer::Token(t) => {
+                    *self.token.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((t.clone(), Instant::now()));
+                    Some(t)
+                }
                 TokenAnswer::Unavailable(reason) => {
                     tracing::warn!(
                         "IMDSv2 token request {reason}; falling back to IMDSv1 (token-less GETs; \
@@ -286,8 +312,11 @@ impl AwsFetcher {
                      again (a VM that is merely slow at boot gets one then); {HOP_LIMIT_FIX}"
                 )))
             }
-            401 => Err(status_error_401(&resp, what)
-                .hint("the IMDSv2 token was refused; a fresh token will be fetched")),
+            401 => {
+                self.forget_token();
+                Err(status_error_401(&resp, what)
+                    .hint("the IMDSv2 token was refused; a fresh token will be fetched"))
+            }
             404 => Err(resp
                 .status_error(what)
                 .hint("this metadata service has no instance identity; is this an EC2 instance?")),

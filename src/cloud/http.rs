@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::{Method, Url};
 
 use crate::http::{body_snippet, error_chain, Transport, USER_AGENT};
-use crate::outcome::Failure;
+use crate::outcome::{Blame, Failure};
 use crate::retry::Attempt;
 
 /// The cap on any metadata response body: real bodies are a few KiB at most.
@@ -122,7 +122,7 @@ impl fmt::Display for MetadataError {
 impl From<MetadataError> for Attempt {
     fn from(e: MetadataError) -> Self {
         if e.transient {
-            Attempt::retry(e.to_string())
+            Attempt::retry(Blame::Metadata, e.to_string())
         } else {
             Attempt::Stop(Failure::NoIdentity(e.to_string()))
         }

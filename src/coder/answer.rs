@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::version::REPEATED_NAMES_FIXED;
 use crate::http::body_snippet;
-use crate::outcome::{Ambiguity, Failure};
+use crate::outcome::{Ambiguity, Blame, Failure};
 use crate::retry::Attempt;
 use crate::secret::Secret;
 use crate::text::{Redactor, EXCERPT_CHARS};
@@ -237,6 +237,7 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
         Err(Attempt::Retry {
             message: m,
             retry_after: a.retry_after,
+            blame: Blame::Coder,
         })
     };
     match status {
@@ -747,6 +748,7 @@ mod tests {
         let Err(Attempt::Retry {
             retry_after,
             message,
+            ..
         }) = classify(&a, &Redactor::new())
         else {
             panic!()

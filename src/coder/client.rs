@@ -4,6 +4,7 @@
 //! reads at most [`ANSWER_CAP`] of any answer.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -16,7 +17,7 @@ use crate::cloud::Identity;
 use crate::coder::headers::Headers;
 use crate::coder::proxy::Route;
 use crate::http::{error_chain, Transport, USER_AGENT};
-use crate::outcome::Failure;
+use crate::outcome::{Blame, Failure};
 use crate::retry::Attempt;
 use crate::secret::Secret;
 use crate::text::Redactor;
@@ -34,6 +35,8 @@ const BUILDINFO_CAP: usize = 64 * 1024;
 
 pub struct CoderClient {
     http: reqwest::Client,
+    /// An exchange request (which carries the identity) was sent in this run.
+    sent: AtomicBool,
     base: Url,
     headers: Headers,
     /// The proxy route [`crate::proxy`] decided, described in errors (credentials removed).
@@ -97,14 +100,25 @@ impl CoderClient {
         })?;
         Ok(CoderClient {
             http,
+            sent: AtomicBool::new(false),
             base: base.clone(),
             headers,
             route,
         })
     }
 
+    /// What of the proxy setting is secret (for the redactor).
+    pub fn route_secrets(&self) -> Vec<String> {
+        self.route.credentials()
+    }
+
+    /// This attempt's headers alone (the dry run shows their names).
+    pub async fn headers_once(&self, secrets: &Redactor) -> Result<HeaderMap, Attempt> {
+        self.headers.resolve(&self.base, secrets, false).await
+    }
+
     /// A transport failure: a redirect loop is permanent, the rest transient.
-    fn transport(&self, request: &str, e: &reqwest::Error, doing: &str) -> Attempt {
+    fn transport(&self, request: &str, e: &reqwest::Error, doing: &str, blame: Blame) -> Attempt {
         if e.is_redirect() {
             return Attempt::Stop(Failure::Rejected(format!(
                 "{request}: stopped following redirects at {}\n\
@@ -117,7 +131,10 @@ impl CoderClient {
             Transport::Connect(d) => format!("could not connect: {d}"),
             Transport::Broken(d) => format!("request failed: {d}"),
         };
-        Attempt::retry(format!("{request}: {doing}{cause}{}", self.route.note()))
+        Attempt::retry(
+            blame,
+            format!("{request}: {doing}{cause}{}", self.route.note()),
+        )
     }
 
     /// Send one request with this attempt's headers; read at most `cap` bytes.
@@ -131,7 +148,16 @@ impl CoderClient {
         redactor: &mut Redactor,
     ) -> Result<Received, Attempt> {
         let request = format!("{method} {url}");
-        let headers: HeaderMap = self.headers.resolve(&self.base).await?;
+        let exchange = method == Method::POST;
+        let blame = if exchange {
+            Blame::Coder
+        } else {
+            Blame::Version
+        };
+        let headers: HeaderMap = self
+            .headers
+            .resolve(&self.base, redactor, self.sent.load(Ordering::Relaxed))
+            .await?;
         for v in headers.values() {
             if let Ok(v) = v.to_str() {
                 redactor.add(v);
@@ -145,10 +171,13 @@ impl CoderClient {
         if let Some(b) = body {
             req = req.header(CONTENT_TYPE, "application/json").body(b);
         }
+        if exchange {
+            self.sent.store(true, Ordering::Relaxed);
+        }
         let mut resp = req
             .send()
             .await
-            .map_err(|e| self.transport(&request, &e, ""))?;
+            .map_err(|e| self.transport(&request, &e, "", blame))?;
         let status = resp.status().as_u16();
         let final_url = resp.url().clone();
         let header = |name: &str| {
@@ -167,7 +196,7 @@ impl CoderClient {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| self.transport(&request, &e, "reading the answer failed: "))?
+            .map_err(|e| self.transport(&request, &e, "reading the answer failed: ", blame))?
         {
             if body.len() + chunk.len() > cap {
                 // Stop reading: the rest is never looked at.
@@ -189,13 +218,16 @@ impl CoderClient {
         })
     }
 
-    /// One attempt at the exchange.
+    /// One attempt at the exchange. `unverified`: a name is sent and the
+    /// server's version is not known yet, so the version the answer reports
+    /// (`X-Coder-Build-Version`) decides whether its token may be used.
     pub async fn exchange(
         &self,
         identity: &Identity,
         agent_name: Option<&str>,
         redactor: &Redactor,
-    ) -> Result<Secret, Attempt> {
+        unverified: bool,
+    ) -> Result<Issued, Attempt> {
         let url = endpoint(&self.base, identity);
         let mut redactor = redactor.clone();
         let r = self
@@ -228,7 +260,7 @@ impl CoderClient {
             String::new()
         };
         let final_url = &r.final_url;
-        classify(&answer, &redactor).map_err(|f| match f {
+        let token = classify(&answer, &redactor).map_err(|f| match f {
             Attempt::Stop(Failure::Rejected(m)) => {
                 let to = r
                     .location
@@ -241,12 +273,30 @@ impl CoderClient {
             Attempt::Retry {
                 message,
                 retry_after,
+                blame,
             } => Attempt::Retry {
                 message: format!("POST {final_url}{via}: {message}"),
                 retry_after,
+                blame,
             },
             other => other,
-        })
+        })?;
+        let version = r.build_version.as_deref().and_then(Version::parse);
+        if let (true, Some(name), Some(v)) = (unverified, agent_name, &version) {
+            if !v.honours_agent_name() {
+                let (a, b, c) = version::AGENT_NAME_SINCE;
+                return Err(Attempt::Stop(Failure::Rejected(format!(
+                    "Coder at {} answered with a token, but its answer says it is {v}, which ignores \
+                     agent names: the token may belong to another agent than {}, so it was neither \
+                     stored nor handed on\n\
+                     fix: upgrade Coder to v{a}.{b}.{c} or later; or, if this VM runs only one agent, \
+                     drop --agent-name / CODER_AGENT_NAME",
+                    self.base,
+                    crate::text::show_name(name)
+                ))));
+            }
+        }
+        Ok(Issued { token, version })
     }
 
     /// One attempt at reading the server's version. `Ok(None)`: the server
@@ -263,6 +313,7 @@ impl CoderClient {
             return Err(Attempt::Retry {
                 message: format!("GET {url}: Coder answered {}", r.status),
                 retry_after: r.retry_after,
+                blame: Blame::Version,
             });
         }
         let found = (r.status == 200 && !r.too_large)
@@ -277,6 +328,13 @@ impl CoderClient {
         }
         Ok(found)
     }
+}
+
+/// A token Coder issued, and the version its answer reported.
+#[derive(Debug)]
+pub struct Issued {
+    pub token: Secret,
+    pub version: Option<Version>,
 }
 
 struct Received {

@@ -13,15 +13,15 @@
 //!
 //! Header values are secrets: they never appear in logs, errors or output.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
-use tokio::io::AsyncReadExt;
 
-use crate::outcome::Failure;
+use crate::outcome::{Blame, Failure};
+use crate::process::{run_shell, Limits, RunError, SHELL};
 use crate::retry::Attempt;
+use crate::text::Redactor;
 
 /// The header command's own time limit (the run's deadline still applies).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,38 +110,64 @@ pub fn csv_record(raw: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// The longest header name an error message shows; a longer one, or one
+/// with whitespace in it, is more likely a value typed in the wrong place.
+const NAME_SHOWN_MAX: usize = 64;
+
+/// `name` as an error may show it: only when it could be a header name that
+/// was merely mistyped (no whitespace, short), escaped; never when it may be
+/// a value (`Bearer s3cr3t`, `X-Api-Key sk_live_…`).
+fn showable_name(name: &str) -> Option<String> {
+    let name = name.trim();
+    (!name.is_empty() && name.len() <= NAME_SHOWN_MAX && !name.contains(char::is_whitespace))
+        .then(|| crate::text::escape(name))
+}
+
 /// Split one entry at its first `=`, as Coder does; `what` names the source
-/// for errors, which never show the value.
+/// for errors, which never show a value, nor a name that may be one.
 fn split_entry(entry: &str, what: &str) -> Result<(HeaderName, HeaderValue), String> {
+    const NOT_SHOWN: &str = "(not shown: it may hold a secret)";
     let Some((name, value)) = entry.split_once('=') else {
-        let hint = match entry.split_once(':') {
-            Some((n, _)) => format!(
-                "; Coder's syntax is Name=value, so write {}=… (the value is not shown: header values may be secrets)",
-                crate::text::escape(n.trim())
+        let hint = match entry.split_once(':').and_then(|(n, _)| showable_name(n)) {
+            Some(n) => format!(
+                "; Coder's syntax is Name=value, so write {n}=… (the value is not shown: header values may be secrets)"
             ),
             None => "; write Name=value".to_string(),
         };
-        return Err(format!("{what} is not Name=value: it has no '='{hint}"));
+        return Err(format!(
+            "{what} ({} bytes, {NOT_SHOWN}) is not Name=value: it has no '='{hint}",
+            entry.len()
+        ));
     };
-    let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| match name.split_once(':') {
-        Some((n, _)) => format!(
-            "{what} looks like the \"Name: value\" form; Coder's syntax is Name=value (split at the \
-             first '='), so write {}=… (the value is not shown: header values may be secrets)",
-            crate::text::escape(n.trim())
-        ),
-        None => format!(
-            "{what}: {} is not a valid header name (letters, digits and - only; Coder does not trim \
-             spaces around '=')",
-            crate::text::escape(name)
-        ),
+    let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        match name.split_once(':').and_then(|(n, _)| showable_name(n)) {
+            Some(n) => format!(
+                "{what} looks like the \"Name: value\" form; Coder's syntax is Name=value (split at the \
+                 first '='), so write {n}=… (the value is not shown: header values may be secrets)"
+            ),
+            None => match showable_name(name) {
+                Some(n) if n == name => format!(
+                    "{what}: {n} is not a valid header name (letters, digits and - only)"
+                ),
+                Some(n) => format!(
+                    "{what}: {n} is not a valid header name (letters, digits and - only; Coder does not \
+                     trim spaces around '=')"
+                ),
+                None => format!(
+                    "{what}: the {} bytes before its first '=' {NOT_SHOWN} are not a header name \
+                     (letters, digits and - only, no spaces); write Name=value",
+                    name.len()
+                ),
+            },
+        }
     })?;
     if REFUSED.contains(&header.as_str()) {
         return Err(format!(
-            "{what}: the header {name} controls the request itself and cannot be set; remove it"
+            "{what}: the header {header} controls the request itself and cannot be set; remove it"
         ));
     }
     let mut value = HeaderValue::from_str(value).map_err(|_| {
-        format!("{what}: the value of {name} contains a control character or a line break")
+        format!("{what}: the value of {header} contains a control character or a line break")
     })?;
     value.set_sensitive(true);
     Ok((header, value))
@@ -195,13 +221,20 @@ impl Headers {
     }
 
     /// The headers for one request: the fixed ones, then the command's.
-    pub async fn resolve(&self, coder_url: &Url) -> Result<HeaderMap, Attempt> {
+    /// `secrets`: what the command's stderr may not show; `sent`: a request
+    /// already reached Coder in this run.
+    pub async fn resolve(
+        &self,
+        coder_url: &Url,
+        secrets: &Redactor,
+        sent: bool,
+    ) -> Result<HeaderMap, Attempt> {
         let mut map = HeaderMap::new();
         for (n, v) in &self.fixed {
             map.append(n.clone(), v.clone());
         }
         if let Some(cmd) = &self.command {
-            for (n, v) in run_command(cmd, coder_url).await? {
+            for (n, v) in run_command(cmd, coder_url, secrets, sent).await? {
                 map.append(n, v);
             }
         }
@@ -209,99 +242,123 @@ impl Headers {
     }
 }
 
-/// The command for messages: its first word, never its arguments (which may
-/// hold a secret written inline).
+/// The command for messages: its first word after any leading `NAME=value`
+/// assignments, never its arguments or the assignments (either may hold a
+/// secret written inline).
 fn command_name(cmd: &str) -> String {
-    let mut words = cmd.split_whitespace();
-    let first = words.next().unwrap_or("");
-    if words.next().is_some() {
-        format!("`{first} …`")
-    } else {
-        format!("`{first}`")
+    let mut words = cmd
+        .split_whitespace()
+        .skip_while(|w| is_assignment(w))
+        .peekable();
+    let Some(first) = words.next() else {
+        return "`(only variable assignments)`".into();
+    };
+    let first = crate::text::excerpt(first, 64);
+    let skipped = cmd.split_whitespace().next().is_some_and(is_assignment);
+    match (skipped, words.peek().is_some()) {
+        (false, false) => format!("`{first}`"),
+        (false, true) => format!("`{first} …`"),
+        (true, false) => format!("`… {first}`"),
+        (true, true) => format!("`… {first} …`"),
     }
 }
 
+/// `NAME=value` as a shell reads it before a command: a name of letters,
+/// digits and `_` (not starting with a digit), then `=`.
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
+/// What the header command's output and errors may not show: the values of
+/// the fixed headers, of the lines it printed, and the run's other secrets.
+fn stderr_redactor(base: &Redactor, stdout: &[u8]) -> Redactor {
+    let mut redactor = base.clone();
+    for line in String::from_utf8_lossy(stdout).lines() {
+        if let Some((_, value)) = line.split_once('=') {
+            redactor.add(value.trim_end_matches('\r'));
+        }
+    }
+    redactor
+}
+
+/// Run the header command once. `sent`: a request already reached Coder in
+/// this run, so a command that misbehaves now is retried (it worked before,
+/// and "nothing was sent" would be untrue), where before it is a usage error.
 async fn run_command(
     cmd: &str,
     coder_url: &Url,
+    secrets: &Redactor,
+    sent: bool,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, Attempt> {
     let name = command_name(cmd);
     let what = format!("--header-command {name}");
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("CODER_URL", coder_url.as_str())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Failure::Usage(format!("{what} could not be started with sh -c: {e}")))?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let run = async {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let mut capped_out = (&mut stdout).take(COMMAND_OUTPUT_CAP as u64 + 1);
-        let read_out = capped_out.read_to_end(&mut out);
-        // Keep the start of stderr, and drain the rest so the command never
-        // blocks on a full pipe.
-        let read_err = async {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let room = STDERR_EXCERPT.saturating_sub(err.len());
-                err.extend_from_slice(&buf[..n.min(room)]);
-            }
-        };
-        let (a, ()) = tokio::join!(read_out, read_err);
-        a.map_err(|e| format!("reading its output failed: {e}"))?;
-        if out.len() > COMMAND_OUTPUT_CAP {
-            return Err(format!(
-                "printed more than {} KiB; a header command prints a few Name=value lines",
-                COMMAND_OUTPUT_CAP / 1024
-            ));
+    let misbehaved = |message: String| {
+        if sent {
+            Attempt::retry(Blame::HeaderCommand, message)
+        } else {
+            Attempt::Stop(Failure::Usage(message))
         }
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| format!("waiting for it failed: {e}"))?;
-        Ok((status, out, err))
     };
-    let (status, out, err) = match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
-        Err(_) => {
-            return Err(Attempt::retry(format!(
-                "{what} did not finish within {} s (it was killed)",
+    let limits = Limits {
+        time: COMMAND_TIMEOUT,
+        stdout_cap: COMMAND_OUTPUT_CAP,
+        stderr_keep: STDERR_EXCERPT,
+    };
+    let out = match run_shell(cmd, &[("CODER_URL", coder_url.as_str())], limits).await {
+        Ok(out) => out,
+        Err(RunError::Spawn(e)) => {
+            return Err(
+                Failure::Usage(format!("{what} could not be started with {SHELL} -c: {e}")).into(),
+            )
+        }
+        Err(RunError::Io(e)) => {
+            return Err(Attempt::retry(Blame::HeaderCommand, format!("{what}: {e}")))
+        }
+        Err(RunError::TimedOut) => {
+            return Err(Attempt::retry(
+                Blame::HeaderCommand,
+                format!(
+                "{what} did not finish within {} s; it was killed, with every process it started",
                 COMMAND_TIMEOUT.as_secs()
+            ),
+            ))
+        }
+        Err(RunError::TooMuchOutput) => {
+            return Err(misbehaved(format!(
+                "{what} printed more than {} KiB on stdout and was stopped there; a header \
+                 command prints a few Name=value lines",
+                COMMAND_OUTPUT_CAP / 1024
             )))
         }
-        Ok(Err(e)) => return Err(Attempt::retry(format!("{what}: {e}"))),
-        Ok(Ok(r)) => r,
     };
-    if !err.is_empty() {
-        // The command may repeat on stderr what it prints on stdout: what looks
-        // like a header value there is withheld too.
-        let mut redactor = crate::text::Redactor::new();
-        for line in String::from_utf8_lossy(&out).lines() {
-            if let Some((_, value)) = line.split_once('=') {
-                redactor.add(value.trim_end_matches('\r'));
-            }
-        }
+    if !out.stderr.is_empty() {
+        // The command may repeat on stderr what it prints on stdout, or what
+        // it was given: none of it is shown.
         tracing::debug!(
             command = %name,
-            "header command stderr: {}",
-            redactor.show(&String::from_utf8_lossy(&err), STDERR_EXCERPT)
+            "the header command's stderr: {}",
+            stderr_redactor(secrets, &out.stdout).show_of(
+                &String::from_utf8_lossy(&out.stderr),
+                STDERR_EXCERPT,
+                "the header command's stderr"
+            )
         );
     }
-    if !status.success() {
-        return Err(Attempt::retry(format!(
-            "{what} failed ({status}); run it by hand with CODER_URL={coder_url} to see why"
-        )));
+    if !out.status.success() {
+        return Err(Attempt::retry(
+            Blame::HeaderCommand,
+            format!(
+                "{what} failed ({}); run it by hand with CODER_URL={coder_url} to see why",
+                out.status
+            ),
+        ));
     }
-    let text = String::from_utf8(out)
-        .map_err(|_| Failure::Usage(format!("{what} printed bytes that are not UTF-8 text")))?;
+    let text = String::from_utf8(out.stdout)
+        .map_err(|_| misbehaved(format!("{what} printed bytes that are not UTF-8 text")))?;
     let mut lines: Vec<&str> = text.split('\n').collect();
     if lines.last() == Some(&"") {
         lines.pop();
@@ -313,12 +370,11 @@ async fn run_command(
             let line = line.strip_suffix('\r').unwrap_or(line);
             let at = format!("{what}, output line {}", i + 1);
             if line.is_empty() {
-                return Err(Failure::Usage(format!(
+                return Err(misbehaved(format!(
                     "{at} is empty; print one Name=value per line"
-                ))
-                .into());
+                )));
             }
-            split_entry(line, &at).map_err(|m| Failure::Usage(m).into())
+            split_entry(line, &at).map_err(misbehaved)
         })
         .collect()
 }
@@ -401,7 +457,7 @@ mod tests {
         )
         .unwrap();
         let url = Url::parse("https://coder.example.com/").unwrap();
-        let map = h.resolve(&url).await.unwrap();
+        let map = h.resolve(&url, &Redactor::new(), false).await.unwrap();
         assert_eq!(map["a"], "1");
         assert_eq!(map["x-url"], "https://coder.example.com/");
         assert_eq!(map["x-two"], "2");
@@ -412,7 +468,7 @@ mod tests {
         async fn run(cmd: &str) -> Attempt {
             let url = Url::parse("http://c/").unwrap();
             let h = Headers::parse(None, &[], Some(cmd.into())).unwrap();
-            h.resolve(&url).await.unwrap_err()
+            h.resolve(&url, &Redactor::new(), false).await.unwrap_err()
         }
         let e = run("echo A=ok; echo 'Bearer topsecret'").await;
         let Attempt::Stop(Failure::Usage(m)) = e else {

@@ -369,6 +369,36 @@ impl Route {
         Some(u.to_string())
     }
 
+    /// What of the proxy setting is secret, in the forms a proxy's error page
+    /// may echo: the user and the password (percent-decoded), `user:password`,
+    /// its base64 (`Proxy-Authorization: Basic …`), and the whole URL.
+    pub fn credentials(&self) -> Vec<String> {
+        let Route::Proxy { url, .. } = self else {
+            return Vec::new();
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let user = decode(url.username());
+        let password = url.password().map(decode);
+        if user.is_empty() && password.is_none() {
+            return Vec::new();
+        }
+        let pair = format!("{user}:{}", password.clone().unwrap_or_default());
+        let basic = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(&pair)
+        };
+        let mut out = vec![url.as_str().to_string(), pair, basic];
+        out.extend(password);
+        if !user.is_empty() {
+            out.push(user);
+        }
+        out
+    }
+
     /// Does the connection to the proxy itself use TLS (an https:// proxy)?
     pub fn proxy_uses_tls(&self) -> bool {
         matches!(self, Route::Proxy { url, .. } if url.scheme() == "https")

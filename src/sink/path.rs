@@ -284,7 +284,7 @@ pub fn check_target(path: &Path, dir: &Path) -> Result<(), SinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::precheck;
+    use crate::sink::TokenFile;
     use std::os::unix::fs::symlink;
 
     #[test]
@@ -334,7 +334,7 @@ mod tests {
             ),
             ("dangling", "is a symbolic link that leads nowhere"),
         ] {
-            let e = precheck(&dir.path().join(via).join("t.token")).unwrap_err();
+            let e = TokenFile::prepare(&dir.path().join(via).join("t.token")).unwrap_err();
             assert!(matches!(e, SinkError::Usage(_)), "{via}: {e:?}");
             assert!(e.message().contains(what), "{via}: {e:?}");
         }

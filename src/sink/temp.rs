@@ -1,20 +1,15 @@
-//! The atomic write: a 0600 temporary file in the token's own directory,
-//! fsync, rename over the token file, fsync the directory; and the removal of
-//! what earlier, killed runs left behind.
+//! Temporary token files: their names (`.NAME.tmp-PID-RANDOM`), and the
+//! removal of what earlier, killed runs left behind.
 
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::error::{store_error, SinkError};
-use super::path::{
-    check_target, create_missing, euid, split, walk, PID_DIGITS_MAX, RANDOM_HEX, TMP_MARK,
-};
-use crate::secret::Secret;
+use super::path::{euid, PID_DIGITS_MAX, RANDOM_HEX, TMP_MARK};
 
 /// A dead writer's temporary file is stale after this long (see [`remove_stale`]).
 const STALE_DEAD: Duration = Duration::from_secs(10);
@@ -111,64 +106,8 @@ pub fn remove_stale(dir: &Path, name: &OsStr, now: SystemTime) {
     }
 }
 
-/// Write the token atomically: a 0600 temp file in the same directory, fsync,
-/// rename over the target (a regular file or nothing, as [`precheck`] found),
-/// fsync the directory. On any failure the temp file is removed. Runs after
-/// the exchange, so every failure is a storage failure (exit 7).
-pub fn write_atomic(path: &Path, token: &Secret) -> Result<(), SinkError> {
-    write_inner(path, token).map_err(SinkError::after_exchange)
-}
-
-fn write_inner(path: &Path, token: &Secret) -> Result<(), SinkError> {
-    let (dir, name) = split(path)?;
-    if !dir.is_dir() {
-        // Removed since the check: recreate it (0700) rather than lose the token.
-        let (_, missing) = walk(&dir)?;
-        create_missing(&missing)?;
-    }
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(
-        "{TMP_MARK}{}-{}",
-        std::process::id(),
-        random_suffix()
-    ));
-    let tmp = dir.join(tmp_name);
-
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(|e| store_error("cannot create a temporary token file", &tmp, &e))?;
-        // The umask removes bits from the mode given to open (all of them
-        // under umask 777): set it explicitly.
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(|e| store_error("cannot set mode 0600 on", &tmp, &e))?;
-        f.write_all(token.expose().as_bytes())
-            .and_then(|_| f.write_all(b"\n"))
-            .map_err(|e| store_error("cannot write the token to", &tmp, &e))?;
-        f.sync_all()
-            .map_err(|e| store_error("cannot fsync", &tmp, &e))?;
-        // What precheck found may have changed meanwhile: still only a regular
-        // file or nothing is replaced.
-        check_target(path, &dir)?;
-        fs::rename(&tmp, path)
-            .map_err(|e| store_error("cannot move the token into place at", path, &e))?;
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn random_suffix() -> String {
+/// The random part of a temporary name: RANDOM_HEX lowercase hex digits.
+pub fn random_suffix() -> String {
     let mut buf = [0u8; RANDOM_HEX / 2];
     // getrandom(2) never fails for small buffers on Linux ≥ 3.17; fall back to time.
     // SAFETY: buf is valid for writes of buf.len() bytes.
@@ -185,78 +124,10 @@ fn random_suffix() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::error::SinkError;
     use super::super::path::{MAX_NAME, NAME_MAX};
     use super::*;
-    use crate::sink::precheck;
-    use std::os::unix::fs::symlink;
-
-    #[test]
-    fn writes_0600_and_replaces_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/dir/main.token");
-        precheck(&path).unwrap();
-        write_atomic(&path, &Secret::new("one")).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "one\n");
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        for d in [dir.path().join("sub"), dir.path().join("sub/dir")] {
-            assert_eq!(fs::metadata(d).unwrap().permissions().mode() & 0o777, 0o700);
-        }
-        write_atomic(&path, &Secret::new("two")).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "two\n");
-        // No temp files left behind.
-        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn root_replaces_any_users_file_outside_sticky_directories() {
-        if euid() != 0 {
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.token");
-        fs::write(&path, "old\n").unwrap();
-        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
-        precheck(&path).unwrap();
-        write_atomic(&path, &Secret::new("new")).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
-    }
-
-    #[test]
-    fn a_directory_removed_since_the_check_is_made_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run/main.token");
-        precheck(&path).unwrap();
-        fs::remove_dir(dir.path().join("run")).unwrap();
-        write_atomic(&path, &Secret::new("tok")).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "tok\n");
-        let mode = fs::metadata(dir.path().join("run"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o700);
-    }
-
-    #[test]
-    fn a_symlink_is_refused_never_followed_nor_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        fs::write(&victim, "keep").unwrap();
-        let link = dir.path().join("t.token");
-        symlink(&victim, &link).unwrap();
-        let e = precheck(&link).unwrap_err();
-        assert!(matches!(e, SinkError::Usage(_)), "{e:?}");
-        assert!(e.message().contains("a symbolic link"), "{e:?}");
-        assert!(e.message().contains("--token-file -"), "{e:?}");
-        // Even if it appears between the check and the write: exit 7, untouched.
-        let e = write_atomic(&link, &Secret::new("tok")).unwrap_err();
-        assert!(matches!(e, SinkError::Store(_)), "{e:?}");
-        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
-        assert_eq!(fs::read_link(&link).unwrap(), victim);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no temp file");
-    }
+    use crate::sink::TokenFile;
 
     #[test]
     fn names_leave_room_for_the_temporary_name() {
@@ -269,9 +140,9 @@ mod tests {
         );
         assert_eq!(longest.len(), NAME_MAX);
         let dir = tempfile::tempdir().unwrap();
-        assert!(precheck(&dir.path().join("n".repeat(MAX_NAME))).is_ok());
+        assert!(TokenFile::prepare(&dir.path().join("n".repeat(MAX_NAME))).is_ok());
         assert!(matches!(
-            precheck(&dir.path().join("n".repeat(MAX_NAME + 1))),
+            TokenFile::prepare(&dir.path().join("n".repeat(MAX_NAME + 1))),
             Err(SinkError::Usage(m)) if m.contains("too long")
         ));
         assert_eq!(random_suffix().len(), RANDOM_HEX);
