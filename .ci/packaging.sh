@@ -153,7 +153,8 @@ for arch in amd64 arm64; do
     tar -tzf "$tgz" >"$WORK/tar-$arch.txt"
     for p in coder-agent-auth README.md man/coder-agent-auth.1 completions/coder-agent-auth.bash \
         completions/_coder-agent-auth completions/coder-agent-auth.fish \
-        systemd/coder-agent-auth@.service systemd/coder-agent@.service examples/agent.env.example \
+        systemd/coder-agent-auth@.service systemd/coder-agent@.service \
+        systemd/coder-agent-watch@.service examples/agent.env.example \
         examples/cloud-init/aws-two-agents.yaml examples/terraform/aws-multi-agent/main.tf; do
         grep -qxF "$top/$p" "$WORK/tar-$arch.txt" || fail "$top/$p is not in $tgz"
     done
@@ -199,13 +200,14 @@ cp -a "$ROOT"/extract/usr/bin "$ROOT/usr/"
 cp "$ROOT"/extract/lib/systemd/system/*.service "$ROOT/usr/lib/systemd/system/"
 printf '#!/bin/sh\necho "stub coder CLI"\n' >"$ROOT/usr/local/bin/coder"
 chmod 755 "$ROOT/usr/local/bin/coder"
-for unit in coder-agent-auth coder-agent; do
+for unit in coder-agent-auth coder-agent coder-agent-watch; do
     for name in main dev; do
         cp "$ROOT/usr/lib/systemd/system/$unit@.service" "$ROOT/etc/systemd/system/$unit@$name.service"
     done
 done
-units=(coder-agent-auth@.service coder-agent@.service coder-agent-auth@main.service
-    coder-agent@main.service coder-agent-auth@dev.service coder-agent@dev.service)
+units=(coder-agent-auth@.service coder-agent@.service coder-agent-watch@.service
+    coder-agent-auth@main.service coder-agent@main.service coder-agent-watch@main.service
+    coder-agent-auth@dev.service coder-agent@dev.service coder-agent-watch@dev.service)
 # verify exits 0 on warnings such as an unknown key: any output at all is a failure.
 out=$(systemd-analyze verify --man=no --root="$ROOT" "${units[@]}" 2>&1) || fail "verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify printed: $out"

@@ -102,7 +102,9 @@ impl Policy {
             Some(t) => format!("--timeout {}", human(t)),
             None => "no deadline".to_string(),
         };
-        let left = left.map(|l| format!(", {} left", human(l))).unwrap_or_default();
+        let left = left
+            .map(|l| format!(", {} left", human(l)))
+            .unwrap_or_default();
         match self.share {
             Some((what, len)) => format!("the time for {what} ({} of {total}{left})", human(len)),
             None => format!("the deadline ({total}{left})"),

@@ -265,7 +265,9 @@ impl Redactor {
         let c = self.clean(text);
         let mut s = excerpt_of(&c.text, max, c.dropped);
         if c.withheld {
-            s.push_str(&format!(" (secrets this tool holds were withheld from {whose})"));
+            s.push_str(&format!(
+                " (secrets this tool holds were withheld from {whose})"
+            ));
         }
         s
     }

@@ -847,7 +847,10 @@ fn proxies_apply_to_coder_only_never_to_metadata() {
     let md = metadata_requests(&sim);
     assert_eq!(md.iter().filter(|r| r.method == "PUT").count(), 1, "{md:?}");
     let gets = md.iter().filter(|r| r.method == "GET").count();
-    assert!(gets >= 2 && gets % 2 == 0, "metadata went direct: {gets} GETs");
+    assert!(
+        gets >= 2 && gets % 2 == 0,
+        "metadata went direct: {gets} GETs"
+    );
     assert!(
         r.stderr
             .contains("through the proxy HTTP_PROXY=http://127.0.0.1:9/"),

@@ -45,6 +45,14 @@ pub enum Sig {
 }
 
 impl Sig {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sig::Hup => "SIGHUP",
+            Sig::Int => "SIGINT",
+            Sig::Term => "SIGTERM",
+        }
+    }
+
     pub fn number(self) -> libc::c_int {
         match self {
             Sig::Hup => libc::SIGHUP,

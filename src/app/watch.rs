@@ -303,12 +303,14 @@ fn failure_text(attempt: &Attempt) -> String {
 /// SIGINT or SIGTERM: pass it on to the command, give it its grace, and end.
 async fn stop(child: Option<Supervised>, sig: Sig) -> Result<Done, Failure> {
     notify::send("STOPPING=1");
+    tracing::info!("stopping: {}", sig.name());
     let signal = sig.number();
     if let Some(mut c) = child {
         tracing::info!(
             pid = c.id(),
             command = %c.program().display(),
-            "passing {sig:?} on to the command"
+            "passing {} on to the command",
+            sig.name()
         );
         match c.stop(signal).await {
             Ok(s) => tracing::info!("the command exited ({s})"),
