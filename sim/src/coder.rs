@@ -3,13 +3,11 @@
 
 use serde::Serialize;
 
+use crate::config::{Cloud, CoderBehaviour};
 use crate::crypto;
 use crate::http::{Outcome, Request, Response};
-use crate::metadata::unix_now;
-use crate::{Cloud, CoderBehaviour, Shared};
-
-/// What `httpapi.Write` sends.
-pub(crate) const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+use crate::state::{unix_now, Shared};
+use crate::wire::{go_json, go_quote, JSON_CONTENT_TYPE};
 
 /// `codersdk.Response` (plus the `agent_names` a future server may send with a 409).
 #[derive(Serialize, Default)]
@@ -27,24 +25,6 @@ struct CoderResponse {
 struct ValidationError {
     field: String,
     detail: String,
-}
-
-/// JSON as Go's `json.Encoder` writes it: HTML characters escaped, newline at the end.
-fn go_json<T: Serialize>(v: &T) -> Vec<u8> {
-    let s = serde_json::to_string(v).expect("serializable");
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out.push('\n');
-    out.into_bytes()
 }
 
 fn write<T: Serialize>(status: u16, v: &T) -> Outcome {
@@ -70,36 +50,6 @@ fn message_detail(status: u16, msg: &str, detail: impl Into<String>) -> Outcome 
             ..Default::default()
         },
     )
-}
-
-/// Go's `%q` (`strconv.Quote`).
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\x07' => out.push_str("\\a"),
-            '\x08' => out.push_str("\\b"),
-            '\x0c' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\x0b' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() || (c.is_whitespace() && c != ' ') => {
-                if (c as u32) < 0x10000 {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
-                } else {
-                    out.push_str(&format!("\\U{:08x}", c as u32));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn cloud_of_path(path: &str) -> Option<Cloud> {

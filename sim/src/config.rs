@@ -58,23 +58,6 @@ impl std::fmt::Display for Cloud {
     }
 }
 
-/// Which of the two simulated servers a request reached (or a fault applies to).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Target {
-    Metadata,
-    Coder,
-}
-
-impl Target {
-    /// `metadata` or `coder`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Metadata => "metadata",
-            Target::Coder => "coder",
-        }
-    }
-}
-
 /// Which certificate the HTTPS Coder server presents (with `coder_tls`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CertKind {

@@ -11,10 +11,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 
-use crate::config::{SimConfig, Target};
-use crate::fault::Fault;
+use crate::config::SimConfig;
+use crate::fault::{Fault, Target};
+use crate::http::{Outcome, Request};
 use crate::state::{lock, FaultState, Recorded, Shared};
-use crate::{http, tls};
+use crate::{coder, http, metadata, tls};
 
 /// A running simulator: both servers listen on their own background thread and runtime.
 /// Dropping it shuts everything down (open and hanging connections are closed).
@@ -25,6 +26,20 @@ pub struct Sim {
     ca_pem: Option<String>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The router: which server answers a request.
+fn route(shared: &Shared, target: Target, req: &Request) -> Outcome {
+    match target {
+        Target::Metadata => metadata::handle(shared, req),
+        // coderd's root middleware puts its version on every answer.
+        Target::Coder => match coder::handle(shared, req) {
+            Outcome::Respond(r) => r
+                .with_header("X-Coder-Build-Version", shared.cfg.coder_version.clone())
+                .into(),
+            other => other,
+        },
+    }
 }
 
 async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -123,12 +138,14 @@ impl Sim {
                         Target::Metadata,
                         thread_shared.clone(),
                         None,
+                        route,
                     ));
                     tokio::spawn(http::accept_loop(
                         c,
                         Target::Coder,
                         thread_shared.clone(),
                         acceptor,
+                        route,
                     ));
                     let _ = stop_rx.await;
                 });

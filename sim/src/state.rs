@@ -6,11 +6,11 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{SimConfig, Target};
-use crate::fault::{Fault, FaultKind};
-use crate::{crypto, http};
+use crate::config::SimConfig;
+use crate::fault::{Fault, FaultKind, Target};
+use crate::{crypto, wire};
 
 /// One request as the simulator received it.
 #[derive(Clone, Debug)]
@@ -30,7 +30,7 @@ pub struct Recorded {
 impl Recorded {
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        http::find_header(&self.headers, name)
+        wire::find_header(&self.headers, name)
     }
 
     /// The body as JSON (`Value::Null` when it is not JSON).
@@ -40,7 +40,7 @@ impl Recorded {
 
     /// A query parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        http::query_param(&self.query, name)
+        wire::query_param(&self.query, name)
     }
 }
 
@@ -61,6 +61,14 @@ pub(crate) struct Shared {
     pub(crate) imds_tokens: Mutex<HashSet<String>>,
     pub(crate) azure_window: Mutex<VecDeque<Instant>>,
     request_log: Option<Mutex<File>>,
+}
+
+/// Seconds since the Unix epoch (what the GCP JWT and coderd's expiry check use).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Lock, ignoring poisoning (a panicking connection task must not take the simulator down).

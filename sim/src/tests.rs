@@ -8,8 +8,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::coder::go_quote;
 use crate::crypto::{self, der};
+use crate::wire::go_quote;
 use crate::*;
 
 struct Resp {
@@ -20,7 +20,7 @@ struct Resp {
 
 impl Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        crate::http::find_header(&self.headers, name)
+        crate::wire::find_header(&self.headers, name)
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
