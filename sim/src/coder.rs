@@ -254,6 +254,11 @@ fn auth_instance_id(shared: &Shared, instance_id: &str, agent_name: &str) -> Out
     struct AuthenticateResponse {
         session_token: String,
     }
+    // coderd/workspaceresourceauth.go, handleAuthInstanceID: the agent row's stored token, the
+    // same on every exchange until a new build makes new agents:
+    //   httpapi.Write(ctx, rw, http.StatusOK, agentsdk.AuthenticateResponse{
+    //       SessionToken: agent.AuthToken.String(),
+    //   })
     write(
         200,
         &AuthenticateResponse {

@@ -124,7 +124,17 @@ pub struct SimConfig {
     /// The file the Coder server serves at `/bin/coder-linux-amd64`, as coderd serves its CLI
     /// (`None`: 404, as for any unknown route).
     pub coder_cli: Option<Vec<u8>>,
+    /// The number of the workspace build the simulator starts at (1: the workspace was just
+    /// created). Each agent's session token belongs to one build.
+    pub build: u64,
+    /// What the agents' session tokens are derived from, with the instance id, the agent's name
+    /// and the build number. The fixed default makes every simulator agree on the tokens: two
+    /// `serve` processes, or one restarted.
+    pub token_seed: String,
 }
+
+/// The [`SimConfig::token_seed`] of [`SimConfig::new`].
+pub const DEFAULT_TOKEN_SEED: &str = "coder-agent-auth-sim";
 
 impl SimConfig {
     pub fn new(cloud: Cloud, agents: &[&str]) -> SimConfig {
@@ -143,6 +153,8 @@ impl SimConfig {
             azure_throttle: true,
             keep_alive: false,
             coder_cli: None,
+            build: 1,
+            token_seed: DEFAULT_TOKEN_SEED.to_string(),
         }
     }
 

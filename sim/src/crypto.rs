@@ -74,9 +74,28 @@ pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     b
 }
 
-/// A random UUID v4, formatted as Coder's session tokens are.
-pub(crate) fn uuid_v4() -> String {
-    let mut b = random_bytes(16);
+/// The session token of one agent of one workspace build, as coderd hands it out: the same on
+/// every exchange for that agent while the build is the latest, another for another agent or
+/// another build. coderd stores one `auth_token` per agent row, and a build makes new rows; the
+/// simulator, which keeps no database, derives it instead: SHA-256 over the simulator's seed,
+/// the instance id, the agent's name and the build number (each length-prefixed), shaped as the
+/// UUID v4 coderd's tokens are. So it is also the same in every simulator process with the same
+/// seed, across restarts and between a `serve` for metadata and one for Coder.
+pub(crate) fn agent_token(seed: &str, instance_id: &str, agent: &str, build: u64) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for field in [seed.as_bytes(), instance_id.as_bytes(), agent.as_bytes()] {
+        ctx.update(&(field.len() as u64).to_be_bytes());
+        ctx.update(field);
+    }
+    ctx.update(&build.to_be_bytes());
+    let digest = ctx.finish();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest.as_ref()[..16]);
+    uuid_string(b)
+}
+
+/// Sixteen bytes formatted as a UUID v4 (version and variant bits set), as Coder's tokens are.
+fn uuid_string(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();

@@ -27,7 +27,9 @@ mod state;
 mod tls;
 mod wire;
 
-pub use config::{CertKind, Cloud, CoderBehaviour, SimConfig, CURRENT_CODER_VERSION};
+pub use config::{
+    CertKind, Cloud, CoderBehaviour, SimConfig, CURRENT_CODER_VERSION, DEFAULT_TOKEN_SEED,
+};
 pub use fault::{Fault, FaultKind, Target, INSTANCE_ID_PLACEHOLDER};
 pub use server::{serve_blocking, Sim};
 pub use state::Recorded;

@@ -232,9 +232,22 @@ impl Sim {
             .collect()
     }
 
-    /// Session tokens issued so far, in order, as (agent name, token).
+    /// The session tokens handed out so far, as (agent name, token): one entry per 200 answer of
+    /// the exchange, in order. An agent gets the same token on every exchange until a rebuild,
+    /// as from coderd, so its entries repeat.
     pub fn tokens(&self) -> Vec<(String, String)> {
         lock(&self.shared.tokens).clone()
+    }
+
+    /// The token an exchange for `agent` gets now (the current build's), or `None` when no agent
+    /// of that name is registered.
+    pub fn current_token(&self, agent: &str) -> Option<String> {
+        self.shared
+            .cfg
+            .agents
+            .iter()
+            .any(|a| a == agent)
+            .then(|| self.shared.token_of(agent))
     }
 
     /// Add a fault while running. It applies to requests that arrive from now on.

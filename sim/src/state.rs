@@ -151,13 +151,27 @@ impl Shared {
         None
     }
 
+    /// The current build's token of `agent` (whether or not the agent exists).
+    pub(crate) fn token_of(&self, agent: &str) -> String {
+        crypto::agent_token(
+            &self.cfg.token_seed,
+            &self.cfg.instance_id,
+            agent,
+            self.cfg.build,
+        )
+    }
+
+    /// A 200 answer of the exchange: `agent`'s token, recorded.
     pub(crate) fn issue_token(&self, agent: &str) -> String {
-        let token = crypto::uuid_v4();
+        let build = self.cfg.build;
+        let token = self.token_of(agent);
         lock(&self.tokens).push((agent.to_string(), token.clone()));
         if let Some(log) = &self.request_log {
             // The request log doubles as the record of issued (simulator-only) tokens,
             // so out-of-process tests can check what the client stored.
-            let line = serde_json::json!({ "issued": { "agent": agent, "token": token } });
+            let line = serde_json::json!({
+                "issued": { "agent": agent, "token": token, "build": build }
+            });
             let mut f = lock(log);
             let _ = writeln!(f, "{line}");
             let _ = f.flush();

@@ -60,10 +60,15 @@ fn hundreds_of_concurrent_exchanges() {
     for h in handles {
         assert_eq!(h.join().unwrap(), 200);
     }
+    // One record per answer, each holding its agent's one token.
     let tokens = sim.tokens();
     assert_eq!(tokens.len(), 300);
+    for (agent, token) in &tokens {
+        assert_eq!(Some(token), sim.current_token(agent).as_ref(), "{agent}");
+    }
+    assert_eq!(tokens.iter().filter(|(a, _)| a == "main").count(), 150);
     let unique: std::collections::HashSet<_> = tokens.iter().map(|(_, t)| t).collect();
-    assert_eq!(unique.len(), 300);
+    assert_eq!(unique.len(), 2);
 }
 
 #[test]

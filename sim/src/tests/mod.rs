@@ -9,3 +9,4 @@ mod faults;
 mod gcp;
 mod http;
 mod tls;
+mod tokens;
