@@ -97,6 +97,9 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
             return Response::new(200, "application/octet-stream", cli.clone()).into();
         }
     }
+    if req.path == AGENT_GITSSHKEY_PATH || req.path == AGENT_RPC_PATH {
+        return agent_api(shared, req);
+    }
     let Some(cloud) = cloud_of_path(&req.path) else {
         return message(404, "Route not found.");
     };
@@ -264,5 +267,230 @@ fn auth_instance_id(shared: &Shared, instance_id: &str, agent_name: &str) -> Out
         &AuthenticateResponse {
             session_token: shared.issue_token(selected),
         },
+    )
+}
+
+// ---------------------------------------------------------------- the agent's own API
+
+/// `GET /api/v2/workspaceagents/me/gitsshkey` (coderd/gitsshkey.go, `agentGitSSHKey`): the
+/// workspace owner's Git SSH key, for the agent's token. A plain GET that answers 200 with JSON.
+pub(crate) const AGENT_GITSSHKEY_PATH: &str = "/api/v2/workspaceagents/me/gitsshkey";
+
+/// `GET /api/v2/workspaceagents/me/rpc` (coderd/workspaceagentsrpc.go, `workspaceAgentRPC`):
+/// where `coder agent` connects (a WebSocket carrying the agent API).
+pub(crate) const AGENT_RPC_PATH: &str = "/api/v2/workspaceagents/me/rpc";
+
+/// `codersdk.SessionTokenCookie`, also the query parameter's name.
+const SESSION_TOKEN_COOKIE: &str = "coder_session_token";
+
+/// `httpmw.APITokenFromRequest` (coderd/httpmw/apikey.go): the cookie, then the query
+/// parameter, then the `Coder-Session-Token` header.
+fn api_token(req: &Request) -> String {
+    let cookie = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_TOKEN_COOKIE)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty());
+    cookie
+        .or_else(|| {
+            req.query_param(SESSION_TOKEN_COOKIE)
+                .filter(|v| !v.is_empty())
+        })
+        .or_else(|| req.header("coder-session-token").map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `uuid.Parse` (github.com/google/uuid): the canonical form, `{...}`, `urn:uuid:...` or 32 bare
+/// hex digits, in either case. Returns the canonical lower-case form.
+fn parse_uuid(s: &str) -> Option<String> {
+    let body = match s.len() {
+        36 => s,
+        38 if s.starts_with('{') && s.ends_with('}') => &s[1..37],
+        45 if s.len() >= 9 && s[..9].eq_ignore_ascii_case("urn:uuid:") => &s[9..],
+        32 => {
+            return s.bytes().all(|b| b.is_ascii_hexdigit()).then(|| {
+                let l = s.to_ascii_lowercase();
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &l[..8],
+                    &l[8..12],
+                    &l[12..16],
+                    &l[16..20],
+                    &l[20..]
+                )
+            })
+        }
+        _ => return None,
+    };
+    let ok = body.bytes().enumerate().all(|(i, b)| match i {
+        8 | 13 | 18 | 23 => b == b'-',
+        _ => b.is_ascii_hexdigit(),
+    });
+    ok.then(|| body.to_ascii_lowercase())
+}
+
+/// The agent middleware: `httpmw.ExtractWorkspaceAgentAndLatestBuild`
+/// (coderd/httpmw/workspaceagent.go), or before v2.10.0 `httpmw.ExtractWorkspaceAgent`, which
+/// took any build's agent. The agent's (name, build), or coderd's 401.
+fn authenticate_agent(shared: &Shared, req: &Request) -> Result<(String, u64), Outcome> {
+    let token = api_token(req);
+    if token.is_empty() {
+        // coderd/httpmw/workspaceagent.go:
+        //   Message: fmt.Sprintf("Cookie %q must be provided.", codersdk.SessionTokenCookie),
+        return Err(message(
+            401,
+            format!(
+                "Cookie {} must be provided.",
+                go_quote(SESSION_TOKEN_COOKIE)
+            ),
+        ));
+    }
+    let Some(token) = parse_uuid(&token) else {
+        // coderd/httpmw/workspaceagent.go:
+        //   Message: "Workspace agent token invalid.",
+        //   Detail:  fmt.Sprintf("An agent token must be a valid UUIDv4. (len %d)", len(tokenValue)),
+        return Err(message_detail(
+            401,
+            "Workspace agent token invalid.",
+            format!(
+                "An agent token must be a valid UUIDv4. (len {})",
+                token.len()
+            ),
+        ));
+    };
+    // v2.10.0 on: GetWorkspaceAgentAndLatestBuildByAuthToken matches the latest build's agents
+    // only ("-- Filter out builds that are not the latest."), so an earlier build's token is
+    // sql.ErrNoRows like an unknown one. Before: GetWorkspaceAgentByAuthToken, any build.
+    let owner = shared.token_owner(&token).filter(|(_, build)| {
+        !shared.cfg.agent_auth_latest_build_only() || *build == shared.build()
+    });
+    owner.ok_or_else(|| {
+        // coderd/httpmw/workspaceagent.go, on sql.ErrNoRows:
+        //   Message: "Workspace agent not authorized.",
+        //   Detail:  "The agent cannot authenticate until the workspace provision job has been
+        //             completed. If the job is no longer running, this agent is invalid.",
+        message_detail(
+            401,
+            "Workspace agent not authorized.",
+            "The agent cannot authenticate until the workspace provision job has been completed. If the job is no longer running, this agent is invalid.",
+        )
+    })
+}
+
+/// The routes under `/api/v2/workspaceagents/me` that the simulator plays, behind the agent
+/// middleware (it runs before the method is checked, as chi runs a sub-router's middleware).
+fn agent_api(shared: &Shared, req: &Request) -> Outcome {
+    let (_agent, build) = match authenticate_agent(shared, req) {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    if req.method != "GET" {
+        return message(405, "Method not allowed.");
+    }
+    if req.path == AGENT_GITSSHKEY_PATH {
+        let (public_key, private_key) = crypto::git_ssh_key(&shared.cfg.token_seed);
+        // agentsdk.GitSSHKey
+        return write(
+            200,
+            &serde_json::json!({ "public_key": public_key, "private_key": private_key }),
+        );
+    }
+    // AGENT_RPC_PATH. Before v2.10.0 the handler checked the build itself
+    // (coderd/workspaceagentsrpc.go, ensureLatestBuild):
+    //   if build.ID != latestBuild.ID { return xerrors.New("build is outdated") }
+    //   ...
+    //   httpapi.Write(ctx, rw, http.StatusForbidden, codersdk.Response{
+    //       Message: "Agent trying to connect from non-latest build.",
+    //       Detail:  err.Error(),
+    //   })
+    if build != shared.build() {
+        return message_detail(
+            403,
+            "Agent trying to connect from non-latest build.",
+            "build is outdated",
+        );
+    }
+    websocket_refusal(req)
+}
+
+/// What `websocket.Accept` (github.com/coder/websocket, accept.go) does with a request that is
+/// not a WebSocket handshake: `http.Error(w, err.Error(), errCode)`; coderd then writes its own
+/// 400 ("Failed to accept websocket.") into the same response, which Go appends to the body
+/// (the status line is already out). A real handshake the simulator does not take: it does not
+/// speak the agent API.
+fn websocket_refusal(req: &Request) -> Outcome {
+    let tokens = |name: &str| -> Vec<String> {
+        req.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let refused = |status: u16, err: String, header: Option<(&str, &str)>| -> Outcome {
+        let mut body = format!("{err}\n").into_bytes();
+        body.extend(go_json(&CoderResponse {
+            message: "Failed to accept websocket.".into(),
+            detail: Some(format!("failed to accept WebSocket connection: {err}")),
+            ..Default::default()
+        }));
+        let mut resp = Response::new(status, "text/plain; charset=utf-8", body)
+            .with_header("X-Content-Type-Options", "nosniff");
+        if let Some((name, value)) = header {
+            resp = resp.with_header(name, value);
+        }
+        resp.into()
+    };
+    let upgrade = Some(("Upgrade", "websocket"));
+    // verifyClientRequest, in its order.
+    if !tokens("connection").iter().any(|t| t == "upgrade") {
+        let got = req.header("connection").unwrap_or("");
+        return refused(
+            426,
+            format!(
+                "WebSocket protocol violation: Connection header {} does not contain Upgrade",
+                go_quote(got)
+            ),
+            upgrade,
+        );
+    }
+    if !tokens("upgrade").iter().any(|t| t == "websocket") {
+        let got = req.header("upgrade").unwrap_or("");
+        return refused(
+            426,
+            format!(
+                "WebSocket protocol violation: Upgrade header {} does not contain websocket",
+                go_quote(got)
+            ),
+            upgrade,
+        );
+    }
+    let version = req.header("sec-websocket-version").unwrap_or("");
+    if version != "13" {
+        return refused(
+            400,
+            format!(
+                "unsupported WebSocket protocol version (only 13 is supported): {}",
+                go_quote(version)
+            ),
+            Some(("Sec-WebSocket-Version", "13")),
+        );
+    }
+    if req.header("sec-websocket-key").unwrap_or("").is_empty() {
+        return refused(
+            400,
+            "WebSocket protocol violation: missing Sec-WebSocket-Key".into(),
+            None,
+        );
+    }
+    // Not coderd's: the simulator stops here.
+    message_detail(
+        501,
+        "coder-agent-auth-sim does not speak the agent API.",
+        "The token was accepted; the simulator answers no WebSocket.",
     )
 }

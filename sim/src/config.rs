@@ -158,17 +158,34 @@ impl SimConfig {
         }
     }
 
-    /// How the configured `coder_version` answers the exchange.
-    pub fn coder_behaviour(&self) -> CoderBehaviour {
+    /// The configured `coder_version` as (major, minor, patch); `None` for a development build
+    /// (`v0.0.0-devel`) or anything unreadable, which count as the newest.
+    fn version(&self) -> Option<(u64, u64, u64)> {
         let v = self.coder_version.trim().trim_start_matches('v');
         let core = v.split(['-', '+']).next().unwrap_or("");
         let nums: Vec<u64> = core.split('.').filter_map(|p| p.parse().ok()).collect();
         match nums.as_slice() {
-            [0, 0, 0] => CoderBehaviour::Current,
-            [a, b, c] if (*a, *b, *c) < (2, 33, 0) => CoderBehaviour::IgnoresNames,
-            [a, b, c] if (*a, *b, *c) < (2, 33, 4) => CoderBehaviour::RepeatsNames,
+            [0, 0, 0] => None,
+            [a, b, c] => Some((*a, *b, *c)),
+            _ => None,
+        }
+    }
+
+    /// How the configured `coder_version` answers the exchange.
+    pub fn coder_behaviour(&self) -> CoderBehaviour {
+        match self.version() {
+            Some(v) if v < (2, 33, 0) => CoderBehaviour::IgnoresNames,
+            Some(v) if v < (2, 33, 4) => CoderBehaviour::RepeatsNames,
             _ => CoderBehaviour::Current,
         }
+    }
+
+    /// Does the agent middleware accept only the latest build's agents? From v2.10.0 on
+    /// (coder/coder#12443, "Ensure agent token is from latest build in middleware"), an earlier
+    /// build's token is refused like an unknown one (401); before, the middleware took any
+    /// build's token and the agent's connection (`/me/rpc`) answered 403.
+    pub fn agent_auth_latest_build_only(&self) -> bool {
+        !matches!(self.version(), Some(v) if v < (2, 10, 0))
     }
 
     /// Builder: add a fault.

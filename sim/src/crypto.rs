@@ -109,6 +109,57 @@ fn uuid_string(mut b: [u8; 16]) -> String {
     )
 }
 
+/// The workspace owner's Git SSH key, which coderd keeps one of per user and hands to the agent
+/// (`gitsshkey.Generate`, Ed25519 by default): the `authorized_keys` line and the OpenSSH private
+/// key, as `ssh.MarshalAuthorizedKey` and `pem.EncodeToMemory(ssh.MarshalPrivateKey(k, ""))`
+/// write them. Derived from `seed`: simulator-only, it opens nothing.
+pub(crate) fn git_ssh_key(seed: &str) -> (String, String) {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("coder-agent-auth-sim git ssh key\0{seed}").as_bytes(),
+    );
+    let secret = &digest.as_ref()[..32];
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(secret).expect("32-byte seed");
+    let public = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .to_vec();
+    fn string(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    let mut blob = Vec::new();
+    string(&mut blob, b"ssh-ed25519");
+    string(&mut blob, &public);
+    let authorized = format!("ssh-ed25519 {}\n", STANDARD.encode(&blob));
+    // openssh-key-v1 (PROTOCOL.key): no cipher, one key, the private section padded to 8 bytes.
+    let check = &digest.as_ref()[28..32];
+    let mut private = Vec::new();
+    private.extend_from_slice(check);
+    private.extend_from_slice(check);
+    string(&mut private, b"ssh-ed25519");
+    string(&mut private, &public);
+    string(&mut private, &[secret, &public].concat());
+    string(&mut private, b"");
+    for pad in 1..=((8 - private.len() % 8) % 8) as u8 {
+        private.push(pad);
+    }
+    let mut key = b"openssh-key-v1\0".to_vec();
+    string(&mut key, b"none");
+    string(&mut key, b"none");
+    string(&mut key, b"");
+    key.extend_from_slice(&1u32.to_be_bytes());
+    string(&mut key, &blob);
+    string(&mut key, &private);
+    let b64 = STANDARD.encode(&key);
+    let mut pem = String::from("-----BEGIN OPENSSH PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END OPENSSH PRIVATE KEY-----\n");
+    (authorized, pem)
+}
+
 /// An IMDSv2 session token (shaped like AWS's: base64 text).
 pub(crate) fn imds_token() -> String {
     format!("AQAEA{}", URL_SAFE_NO_PAD.encode(random_bytes(39)))

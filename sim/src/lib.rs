@@ -31,7 +31,7 @@ pub use config::{
     CertKind, Cloud, CoderBehaviour, SimConfig, CURRENT_CODER_VERSION, DEFAULT_TOKEN_SEED,
 };
 pub use fault::{Fault, FaultKind, Target, INSTANCE_ID_PLACEHOLDER};
-pub use server::{serve_blocking, Sim};
+pub use server::{serve_blocking, ServeEvent, Sim};
 pub use state::Recorded;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use coder_agent_auth_sim::{serve_blocking, Cloud, Fault, FaultKind, Sim, SimConfig};
+use coder_agent_auth_sim::{serve_blocking, Cloud, Fault, FaultKind, ServeEvent, Sim, SimConfig};
 
 mod demo;
 
@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Serve one cloud's metadata service and a Coder server until SIGTERM or SIGINT, and print
     /// the `export` lines that point coder-agent-auth at them (--json: one JSON line).
+    ///
+    /// While it runs, SIGHUP rebuilds the workspace: new agents with new tokens under the same
+    /// instance id and names, the build number one higher; the old tokens are refused from then
+    /// on. A line on stderr says so, and --ready-file is written again.
     Serve(Box<ServeArgs>),
     /// Run coder-agent-auth against a simulated AWS with the agents `main` and `dev`.
     Demo(DemoArgs),
@@ -49,7 +53,8 @@ struct ServeArgs {
     /// Instance id (default: one per cloud).
     #[arg(long)]
     instance_id: Option<String>,
-    /// Once listening, write {"metadata_url":..,"coder_url":..} here (atomically).
+    /// Once listening, write {"metadata_url":..,"coder_url":..,"build":..,"tokens":{..},..} here
+    /// (atomically), and again after each change a signal makes.
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Once listening, print that JSON object as one line on stdout instead of the
@@ -95,6 +100,10 @@ struct ServeArgs {
     /// How many metadata requests --metadata-delay-ms applies to.
     #[arg(long, value_name = "N", default_value_t = 0)]
     metadata_delay_times: usize,
+    /// The workspace build to start at. Agents' tokens belong to a build; a simulator restarted
+    /// with the same build hands out the same tokens.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    build: u64,
 }
 
 #[derive(Args)]
@@ -181,6 +190,29 @@ fn exports(sim: &Sim, ca_file: Option<&Path>) -> String {
     out
 }
 
+/// The ready JSON (`--json`, `--ready-file`): where the servers are and what they play, with the
+/// current build and each agent's current token.
+fn ready_json(sim: &Sim) -> serde_json::Value {
+    let tokens: serde_json::Map<String, serde_json::Value> = sim
+        .current_tokens()
+        .into_iter()
+        .map(|(agent, token)| (agent, token.into()))
+        .collect();
+    serde_json::json!({
+        "metadata_url": sim.metadata_url(),
+        "metadata_host_port": sim.metadata_host_port(),
+        "coder_url": sim.coder_url(),
+        "ca_pem": sim.ca_pem(),
+        "cloud": sim.config().cloud.name(),
+        "instance_id": sim.instance_id(),
+        "agents": sim.config().agents,
+        "coder_version": sim.config().coder_version,
+        "build": sim.build(),
+        "tokens": tokens,
+        "pid": std::process::id(),
+    })
+}
+
 fn serve(a: ServeArgs) -> ExitCode {
     let agents: Vec<&str> = a
         .agents
@@ -199,6 +231,7 @@ fn serve(a: ServeArgs) -> ExitCode {
     cfg.coder_version = a.coder_version;
     cfg.structured_409 = a.structured_409;
     cfg.azure_throttle = !a.no_azure_throttle;
+    cfg.build = a.build;
     if let Some(path) = &a.coder_cli {
         match std::fs::read(path) {
             Ok(bytes) => cfg.coder_cli = Some(bytes),
@@ -230,17 +263,7 @@ fn serve(a: ServeArgs) -> ExitCode {
     let ca_file = ca_dir.join("ca.pem");
     let mut wrote_ca = false;
     let on_ready = |sim: &Sim| -> std::io::Result<()> {
-        let line = serde_json::json!({
-            "metadata_url": sim.metadata_url(),
-            "metadata_host_port": sim.metadata_host_port(),
-            "coder_url": sim.coder_url(),
-            "ca_pem": sim.ca_pem(),
-            "cloud": sim.config().cloud.name(),
-            "instance_id": sim.instance_id(),
-            "agents": sim.config().agents,
-            "coder_version": sim.config().coder_version,
-        })
-        .to_string();
+        let line = ready_json(sim).to_string();
         if let Some(p) = &ready_file {
             write_atomically(p, &format!("{line}\n"))?;
         }
@@ -263,12 +286,25 @@ fn serve(a: ServeArgs) -> ExitCode {
         out.write_all(text.as_bytes())?;
         out.flush()
     };
+    let on_event = |sim: &Sim, event: ServeEvent| {
+        let ServeEvent::Rebuilt(build) = event;
+        eprintln!(
+            "coder-agent-auth-sim: SIGHUP: the workspace was rebuilt: now build {build} (new agents, new tokens; the tokens of build {} are refused)",
+            build - 1
+        );
+        if let Some(p) = &ready_file {
+            if let Err(e) = write_atomically(p, &format!("{}\n", ready_json(sim))) {
+                eprintln!("coder-agent-auth-sim: cannot rewrite {}: {e}", p.display());
+            }
+        }
+    };
     let served = serve_blocking(
         cfg,
         a.metadata_addr,
         a.coder_addr,
         a.request_log.as_deref(),
         on_ready,
+        on_event,
     );
     if wrote_ca {
         let _ = std::fs::remove_dir_all(&ca_dir);

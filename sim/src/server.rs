@@ -239,6 +239,30 @@ impl Sim {
         lock(&self.shared.tokens).clone()
     }
 
+    /// Rebuild the workspace (`coder update`, or a start that does not recreate the instance):
+    /// new agents with new tokens under the same instance id and names, and the build number one
+    /// higher, which it returns. Exchanges from now on get the new tokens; the old ones are
+    /// refused on the agent's routes.
+    pub fn rebuild(&self) -> u64 {
+        self.shared.rebuild()
+    }
+
+    /// The latest workspace build's number.
+    pub fn build(&self) -> u64 {
+        self.shared.build()
+    }
+
+    /// Each registered agent's current token, as (agent name, token), in [`SimConfig::agents`]'
+    /// order.
+    pub fn current_tokens(&self) -> Vec<(String, String)> {
+        self.shared
+            .cfg
+            .agents
+            .iter()
+            .map(|a| (a.clone(), self.shared.token_of(a)))
+            .collect()
+    }
+
     /// The token an exchange for `agent` gets now (the current build's), or `None` when no agent
     /// of that name is registered.
     pub fn current_token(&self, agent: &str) -> Option<String> {
@@ -273,16 +297,25 @@ impl Drop for Sim {
     }
 }
 
-/// Serve until SIGTERM or SIGINT (used by the `serve` command of the binary).
+/// What a signal did to a running [`serve_blocking`] (handed to its `on_event`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServeEvent {
+    /// SIGHUP: the workspace was rebuilt ([`Sim::rebuild`]); the new build number.
+    Rebuilt(u64),
+}
+
+/// Serve until SIGTERM or SIGINT (used by the `serve` command of the binary). SIGHUP rebuilds
+/// the workspace.
 ///
 /// `request_log`: append one JSON line per request. `on_ready` runs once both servers listen
-/// and the signal handlers are installed.
+/// and the signal handlers are installed; `on_event` after each signal that changed something.
 pub fn serve_blocking(
     cfg: SimConfig,
     metadata_addr: SocketAddr,
     coder_addr: SocketAddr,
     request_log: Option<&Path>,
     on_ready: impl FnOnce(&Sim) -> io::Result<()>,
+    mut on_event: impl FnMut(&Sim, ServeEvent),
 ) -> io::Result<()> {
     let log = match request_log {
         Some(p) => Some(
@@ -303,14 +336,19 @@ pub fn serve_blocking(
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
+            let mut hup = signal(SignalKind::hangup())?;
             on_ready(&sim)?;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => on_event(&sim, ServeEvent::Rebuilt(sim.rebuild())),
+                }
             }
         }
         #[cfg(not(unix))]
         {
+            let _ = &mut on_event;
             on_ready(&sim)?;
             tokio::signal::ctrl_c().await?;
         }

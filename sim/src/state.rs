@@ -5,6 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,8 +61,13 @@ pub(crate) struct Shared {
     pub(crate) tokens: Mutex<Vec<(String, String)>>,
     pub(crate) imds_tokens: Mutex<HashSet<String>>,
     pub(crate) azure_window: Mutex<VecDeque<Instant>>,
+    /// The latest workspace build's number (starts at `cfg.build`; a rebuild adds one).
+    build: AtomicU64,
     request_log: Option<Mutex<File>>,
 }
+
+/// How many builds back an old token is still recognised as one (older ones are unknown).
+const OLD_BUILDS_KNOWN: u64 = 256;
 
 /// Seconds since the Unix epoch (what the GCP JWT and coderd's expiry check use).
 pub(crate) fn unix_now() -> u64 {
@@ -90,7 +96,6 @@ impl Shared {
             })
             .collect();
         Ok(Shared {
-            cfg,
             keys,
             aws_document,
             aws_signature,
@@ -99,6 +104,8 @@ impl Shared {
             tokens: Mutex::new(Vec::new()),
             imds_tokens: Mutex::new(HashSet::new()),
             azure_window: Mutex::new(VecDeque::new()),
+            build: AtomicU64::new(cfg.build),
+            cfg,
             request_log: request_log.map(Mutex::new),
         })
     }
@@ -151,31 +158,62 @@ impl Shared {
         None
     }
 
-    /// The current build's token of `agent` (whether or not the agent exists).
-    pub(crate) fn token_of(&self, agent: &str) -> String {
-        crypto::agent_token(
-            &self.cfg.token_seed,
-            &self.cfg.instance_id,
-            agent,
-            self.cfg.build,
-        )
+    /// The latest build's number.
+    pub(crate) fn build(&self) -> u64 {
+        self.build.load(Ordering::SeqCst)
     }
 
-    /// A 200 answer of the exchange: `agent`'s token, recorded.
-    pub(crate) fn issue_token(&self, agent: &str) -> String {
-        let build = self.cfg.build;
-        let token = self.token_of(agent);
-        lock(&self.tokens).push((agent.to_string(), token.clone()));
+    /// A rebuild: the workspace's agents are made again, with new tokens, under the same instance
+    /// id and names. Returns the new build number.
+    pub(crate) fn rebuild(&self) -> u64 {
+        let build = self.build.fetch_add(1, Ordering::SeqCst) + 1;
+        self.log_line(&serde_json::json!({ "rebuilt": { "build": build } }));
+        build
+    }
+
+    /// `agent`'s token in `build` (whether or not the agent exists).
+    pub(crate) fn token_in(&self, agent: &str, build: u64) -> String {
+        crypto::agent_token(&self.cfg.token_seed, &self.cfg.instance_id, agent, build)
+    }
+
+    /// The latest build's token of `agent` (whether or not the agent exists).
+    pub(crate) fn token_of(&self, agent: &str) -> String {
+        self.token_in(agent, self.build())
+    }
+
+    /// Whose token this is, as (agent, build), newest build first; the latest build and the
+    /// [`OLD_BUILDS_KNOWN`] before it are searched.
+    pub(crate) fn token_owner(&self, token: &str) -> Option<(String, u64)> {
+        let latest = self.build();
+        let oldest = latest.saturating_sub(OLD_BUILDS_KNOWN).max(1);
+        (oldest..=latest).rev().find_map(|build| {
+            self.cfg
+                .agents
+                .iter()
+                .find(|a| self.token_in(a, build) == token)
+                .map(|a| (a.clone(), build))
+        })
+    }
+
+    /// Append one line to the request log, if there is one.
+    fn log_line(&self, line: &serde_json::Value) {
         if let Some(log) = &self.request_log {
-            // The request log doubles as the record of issued (simulator-only) tokens,
-            // so out-of-process tests can check what the client stored.
-            let line = serde_json::json!({
-                "issued": { "agent": agent, "token": token, "build": build }
-            });
             let mut f = lock(log);
             let _ = writeln!(f, "{line}");
             let _ = f.flush();
         }
+    }
+
+    /// A 200 answer of the exchange: `agent`'s token, recorded.
+    pub(crate) fn issue_token(&self, agent: &str) -> String {
+        let build = self.build();
+        let token = self.token_in(agent, build);
+        lock(&self.tokens).push((agent.to_string(), token.clone()));
+        // The request log doubles as the record of issued (simulator-only) tokens, so
+        // out-of-process tests can check what the client stored.
+        self.log_line(&serde_json::json!({
+            "issued": { "agent": agent, "token": token, "build": build }
+        }));
         token
     }
 }

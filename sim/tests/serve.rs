@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -15,7 +16,10 @@ struct Served {
     child: Child,
     /// Everything printed on stdout up to the ready point.
     stdout: String,
+    /// Everything printed on stderr so far (read by a thread).
+    stderr: Arc<Mutex<String>>,
     ready: Value,
+    ready_file: PathBuf,
     _dir: TempDir,
 }
 
@@ -48,9 +52,20 @@ fn serve(tag: &str, args: &[&str], done: impl Fn(&str) -> bool) -> Served {
         .arg(&ready_file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let err_reader = BufReader::new(child.stderr.take().unwrap());
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        for line in err_reader.lines().map_while(Result::ok) {
+            eprintln!("serve: {line}");
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
     let reader = BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -63,7 +78,9 @@ fn serve(tag: &str, args: &[&str], done: impl Fn(&str) -> bool) -> Served {
     let mut served = Served {
         child,
         stdout: String::new(),
+        stderr,
         ready: Value::Null,
+        ready_file,
         _dir: dir,
     };
     while !done(&served.stdout) {
@@ -79,10 +96,52 @@ fn serve(tag: &str, args: &[&str], done: impl Fn(&str) -> bool) -> Served {
         }
     }
     served.ready = serde_json::from_str(
-        &std::fs::read_to_string(&ready_file).expect("the ready file is written before stdout"),
+        &std::fs::read_to_string(&served.ready_file)
+            .expect("the ready file is written before stdout"),
     )
     .unwrap();
     served
+}
+
+impl Served {
+    /// Send a signal with the shell's built-in kill (no procps needed).
+    fn signal(&self, name: &str) {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{name} {}", self.child.id()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait until the ready file satisfies `done`; its JSON.
+    fn wait_ready(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = std::fs::read_to_string(&self.ready_file)
+                .ok()
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                .unwrap_or(Value::Null);
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: the ready file says {v}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until stderr contains `needle`.
+    fn wait_stderr(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.stderr.lock().unwrap().clone();
+            if s.contains(needle) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} on stderr: {s:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Served {
@@ -94,13 +153,7 @@ impl Drop for Served {
 }
 
 fn stop(mut s: Served) {
-    // The shell's built-in kill: no procps needed.
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -TERM {}", s.child.id()))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    s.signal("TERM");
     let exit = s.child.wait().unwrap();
     assert!(exit.success(), "serve ends cleanly on SIGTERM: {exit:?}");
 }
@@ -122,11 +175,16 @@ fn shell_values(text: &str, vars: &[&str]) -> Vec<String> {
 
 /// GET `path` from `host:port` over plain HTTP/1.1: (status, body).
 fn http_get(host_port: &str, path: &str) -> (u16, String) {
+    http_get_with(host_port, path, "")
+}
+
+/// [`http_get`] with more header lines (each ending in CRLF).
+fn http_get_with(host_port: &str, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(host_port).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nMetadata-Flavor: Google\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut buf = Vec::new();
@@ -235,5 +293,58 @@ fn serve_json_prints_the_ready_object_on_one_line() {
     assert_eq!(v["cloud"], "gcp");
     assert!(v["coder_url"].as_str().unwrap().starts_with("http://"));
     assert_eq!(v["agents"], serde_json::json!(["main"]));
+    stop(s);
+}
+
+/// GET the agent's Git SSH key with `token`: the status.
+fn agent_get(coder_url: &str, token: &str) -> u16 {
+    http_get_with(
+        host_port(coder_url),
+        "/api/v2/workspaceagents/me/gitsshkey",
+        &format!("Coder-Session-Token: {token}\r\n"),
+    )
+    .0
+}
+
+#[test]
+fn sighup_rebuilds_the_workspace_of_a_running_serve() {
+    let s = serve(
+        "rebuild",
+        &[
+            "--cloud", "aws", "--agents", "main,dev", "--build", "3", "--json",
+        ],
+        |out| out.ends_with('\n'),
+    );
+    assert_eq!(s.ready["build"], 3);
+    assert_eq!(s.ready["pid"], s.child.id());
+    let old = s.ready["tokens"].clone();
+    let coder = s.ready["coder_url"].as_str().unwrap().to_string();
+    let old_main = old["main"].as_str().unwrap().to_string();
+    assert_ne!(old_main, old["dev"].as_str().unwrap());
+    assert_eq!(agent_get(&coder, &old_main), 200);
+
+    s.signal("HUP");
+    let now = s.wait_ready("after SIGHUP", |v| v["build"] == 4);
+    let err = s.wait_stderr("SIGHUP");
+    assert!(
+        err.contains("the workspace was rebuilt: now build 4"),
+        "{err}"
+    );
+    let new_main = now["tokens"]["main"].as_str().unwrap().to_string();
+    assert_ne!(new_main, old_main);
+    assert_eq!(now["coder_url"], s.ready["coder_url"], "the same servers");
+    assert_eq!(agent_get(&coder, &new_main), 200);
+    assert_eq!(agent_get(&coder, &old_main), 401);
+
+    // A serve started at build 4 agrees on the tokens (a restart, or the other process).
+    let again = serve(
+        "rebuild-again",
+        &[
+            "--cloud", "aws", "--agents", "main,dev", "--build", "4", "--json",
+        ],
+        |out| out.ends_with('\n'),
+    );
+    assert_eq!(again.ready["tokens"], now["tokens"]);
+    stop(again);
     stop(s);
 }

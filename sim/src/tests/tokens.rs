@@ -70,3 +70,39 @@ fn every_cloud_hands_out_the_agents_token() {
     let aws = Sim::start(SimConfig::new(Cloud::Aws, &["main"]));
     assert_eq!(gcp.current_token("main"), aws.current_token("main"));
 }
+
+#[test]
+fn a_rebuild_makes_new_tokens_for_the_same_names() {
+    let sim = Sim::start(SimConfig::new(Cloud::Aws, &["main", "dev"]));
+    assert_eq!(sim.build(), 1);
+    let before = sim.current_tokens();
+    let main1 = token(&aws_exchange(&sim, Some("main")));
+    assert_eq!(main1, before[0].1);
+
+    assert_eq!(sim.rebuild(), 2);
+    assert_eq!(sim.build(), 2);
+    let after = sim.current_tokens();
+    assert_eq!(
+        after.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        ["main", "dev"]
+    );
+    for ((agent, old), (_, new)) in before.iter().zip(&after) {
+        assert_ne!(old, new, "{agent} kept its token across the rebuild");
+    }
+    let main2 = token(&aws_exchange(&sim, Some("main")));
+    assert_eq!(main2, after[0].1);
+    assert_eq!(token(&aws_exchange(&sim, Some("main"))), main2);
+    assert_eq!(
+        sim.tokens(),
+        vec![
+            ("main".to_string(), main1),
+            ("main".to_string(), main2.clone()),
+            ("main".to_string(), main2)
+        ]
+    );
+
+    // A simulator started at build 2 agrees (a `serve --build 2` after a restart).
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main", "dev"]);
+    cfg.build = 2;
+    assert_eq!(Sim::start(cfg).current_tokens(), after);
+}
