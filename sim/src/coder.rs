@@ -151,35 +151,112 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
     }
     let agent_name = values.last().cloned().unwrap_or_default();
 
+    // The simulator's key stands for the configured cloud only: another cloud's endpoint
+    // rejects whatever it gets, as a real Coder rejects a foreign signature (for GCP, after the
+    // checks that come before the signature's: Google's certificates lack the simulator's key).
+    let own = cloud == shared.cfg.cloud;
     let (invalid, verified) = match cloud {
+        Cloud::Aws if !own => (
+            "Invalid AWS identity.",
+            Err("crypto/rsa: verification error".to_string()),
+        ),
+        Cloud::Azure if !own => (
+            "Invalid Azure identity.",
+            Err("verify pkcs7: x509: certificate signed by unknown authority".to_string()),
+        ),
         Cloud::Aws => (
             "Invalid AWS identity.",
-            crypto::verify_aws(&shared.keys, &values[0], &values[1]),
+            crypto::verify_aws(&shared.keys, &values[0], &values[1]).map(Ok),
         ),
         Cloud::Gcp => (
             "Invalid GCP identity.",
-            crypto::verify_gcp(&shared.keys, &values[0], unix_now()),
+            crypto::verify_gcp(own.then_some(&shared.keys), &values[0], unix_now())
+                .map(|claims| gcp_instance_id(&claims)),
         ),
         Cloud::Azure => (
             "Invalid Azure identity.",
-            crypto::verify_azure(&shared.keys, &values[0]),
+            crypto::verify_azure(&shared.keys, &values[0]).map(Ok),
         ),
     };
-    // The simulator's key stands for the configured cloud only: another cloud's endpoint
-    // rejects whatever it gets, as a real Coder rejects a foreign signature.
-    let verified = if cloud == shared.cfg.cloud {
-        verified
-    } else {
-        Err(match cloud {
-            Cloud::Aws => "crypto/rsa: verification error",
-            Cloud::Gcp => "idtoken: could not verify token signature",
-            Cloud::Azure => "verify pkcs7: x509: certificate signed by unknown authority",
-        }
-        .to_string())
-    };
     match verified {
-        Ok(instance_id) => auth_instance_id(shared, &instance_id, &agent_name),
+        Ok(Ok(instance_id)) => auth_instance_id(shared, &instance_id, &agent_name),
+        // coderd/workspaceresourceauth.go, postWorkspaceAuthGoogleInstanceIdentity, when
+        // mapstructure.Decode(payload.Claims, &claims) fails:
+        //   httpapi.Write(ctx, rw, http.StatusBadRequest, codersdk.Response{
+        //       Message: "Error decoding JWT claims.",
+        //       Detail:  err.Error(),
+        //   })
+        Ok(Err(detail)) => message_detail(400, "Error decoding JWT claims.", detail),
         Err(detail) => message_detail(401, invalid, detail),
+    }
+}
+
+/// coderd's `mapstructure.Decode(payload.Claims, &claims)` for
+/// `google.compute_engine.instance_id`: a missing claim is the empty string (so the lookup
+/// answers 404 `Instance with id "" not found.`); a claim of another type is mapstructure's
+/// error.
+fn gcp_instance_id(claims: &serde_json::Map<String, serde_json::Value>) -> Result<String, String> {
+    let mut value = None;
+    let mut name = String::new();
+    let mut node = Some(claims);
+    for (i, key) in ["google", "compute_engine", "instance_id"]
+        .iter()
+        .enumerate()
+    {
+        let Some(map) = node else { break };
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(key);
+        // mapstructure matches map keys case-insensitively when no exact match exists.
+        let found = map.get(*key).or_else(|| {
+            map.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        });
+        match found {
+            None | Some(serde_json::Value::Null) => return Ok(String::new()),
+            Some(serde_json::Value::Object(m)) if i < 2 => node = Some(m),
+            Some(v) if i == 2 => value = Some(v),
+            Some(v) => {
+                return Err(format!(
+                    "1 error(s) decoding:\n\n* '{name}' expected a map, got '{}'",
+                    go_kind(v)
+                ))
+            }
+        }
+    }
+    match value {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(v) => Err(format!(
+            "1 error(s) decoding:\n\n* '{name}' expected type 'string', got unconvertible type '{}', value: '{v}'",
+            go_type(v)
+        )),
+        None => Ok(String::new()),
+    }
+}
+
+/// The `reflect.Kind` of a decoded JSON value, as mapstructure names it.
+fn go_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "float64",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "slice",
+        serde_json::Value::Object(_) => "map",
+        serde_json::Value::Null => "invalid",
+    }
+}
+
+/// The Go type of a decoded JSON value (`%s` of its `reflect.Type`).
+fn go_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "float64",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "[]interface {}",
+        serde_json::Value::Object(_) => "map[string]interface {}",
+        serde_json::Value::Null => "<nil>",
     }
 }
 

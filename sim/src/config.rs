@@ -1,6 +1,8 @@
 //! What the simulator plays: the cloud, the instance, its agents, the Coder
 //! version, and the TLS certificate.
 
+use std::time::Duration;
+
 use crate::fault::Fault;
 
 /// The cloud whose metadata service the simulator plays.
@@ -124,6 +126,9 @@ pub struct SimConfig {
     /// The file the Coder server serves at `/bin/coder-linux-amd64`, as coderd serves its CLI
     /// (`None`: 404, as for any unknown route).
     pub coder_cli: Option<Vec<u8>>,
+    /// GCP: how long an identity JWT is valid (`exp` minus `iat`; Google's: one hour). Past it,
+    /// coderd answers 401 "Invalid GCP identity." (idtoken: token expired). Whole seconds.
+    pub gcp_jwt_lifetime: Duration,
     /// The number of the workspace build the simulator starts at (1: the workspace was just
     /// created). Each agent's session token belongs to one build.
     pub build: u64,
@@ -153,6 +158,7 @@ impl SimConfig {
             azure_throttle: true,
             keep_alive: false,
             coder_cli: None,
+            gcp_jwt_lifetime: Duration::from_secs(3600),
             build: 1,
             token_seed: DEFAULT_TOKEN_SEED.to_string(),
         }

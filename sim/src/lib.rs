@@ -11,8 +11,8 @@
 
 //!
 //! Modules import one another in one direction only (no file imports another that imports it,
-//! directly or through others): `wire` and `crypto` import nothing of the simulator; `fault`
-//! imports `wire`; `config` imports `fault`; `state` the four of them; `http` moves bytes and
+//! directly or through others): `wire` imports nothing of the simulator; `crypto` and `fault`
+//! import `wire`; `config` imports `fault`; `state` the four of them; `http` moves bytes and
 //! applies faults; `metadata` and `coder` answer requests; `server` routes requests to them and
 //! runs everything.
 

@@ -100,6 +100,10 @@ struct ServeArgs {
     /// How many metadata requests --metadata-delay-ms applies to.
     #[arg(long, value_name = "N", default_value_t = 0)]
     metadata_delay_times: usize,
+    /// GCP: the identity JWT's lifetime (exp - iat); Google's is 3600. Past it, the exchange gets
+    /// coderd's 401 "Invalid GCP identity." (idtoken: token expired: ...).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    gcp_jwt_lifetime: u64,
     /// The workspace build to start at. Agents' tokens belong to a build; a simulator restarted
     /// with the same build hands out the same tokens.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -232,6 +236,7 @@ fn serve(a: ServeArgs) -> ExitCode {
     cfg.structured_409 = a.structured_409;
     cfg.azure_throttle = !a.no_azure_throttle;
     cfg.build = a.build;
+    cfg.gcp_jwt_lifetime = std::time::Duration::from_secs(a.gcp_jwt_lifetime);
     if let Some(path) = &a.coder_cli {
         match std::fs::read(path) {
             Ok(bytes) => cfg.coder_cli = Some(bytes),

@@ -152,6 +152,7 @@ fn gcp_inner(shared: &Shared, req: &Request) -> Response {
                 &audience,
                 full,
                 unix_now(),
+                cfg.gcp_jwt_lifetime.as_secs(),
             ))
         }
         "/computeMetadata/v1/instance/id" => gcp_text(&cfg.instance_id),

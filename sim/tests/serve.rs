@@ -348,3 +348,29 @@ fn sighup_rebuilds_the_workspace_of_a_running_serve() {
     stop(again);
     stop(s);
 }
+
+#[test]
+fn serve_gcp_jwt_lifetime_sets_exp() {
+    let s = serve(
+        "gcp-lifetime",
+        &["--cloud", "gcp", "--gcp-jwt-lifetime", "5", "--json"],
+        |out| out.ends_with('\n'),
+    );
+    let (status, jwt) = http_get(
+        s.ready["metadata_host_port"].as_str().unwrap(),
+        "/computeMetadata/v1/instance/service-accounts/default/identity?audience=coder&format=full",
+    );
+    assert_eq!(status, 200, "{jwt}");
+    use base64::Engine;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwt.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        5
+    );
+    stop(s);
+}
