@@ -3,12 +3,14 @@
 //! Python's `http.server` does). Hand-rolled so that faults (resets, trickles, truncations,
 //! hangs) can be injected at the byte level.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
@@ -309,39 +311,58 @@ async fn read_request<S: Conn>(s: &mut S, buf: &mut Vec<u8>) -> Result<Request, 
     })
 }
 
+/// Accept and serve connections until `stop` completes; then close the listening socket (new
+/// connections are refused) and every connection it accepted, as a process that exits does.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     target: Target,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     handle: Handler,
+    stop: impl Future<Output = ()>,
 ) {
+    // Each connection ends when this is dropped (its `changed()` then fails).
+    let (open_tx, open_rx) = watch::channel(());
+    tokio::pin!(stop);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(_) => {
-                // Out of file descriptors or similar: back off a little.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(_) => {
+                    // Out of file descriptors or similar: back off a little.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
         };
         if !shared.cfg.keep_alive {
             let _ = stream.set_nodelay(true);
         }
         let shared = shared.clone();
         let tls = tls.clone();
+        let mut open = open_rx.clone();
         tokio::spawn(async move {
-            match tls {
-                Some(acceptor) => {
-                    if let Ok(Ok(s)) = timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        serve_conn(s, peer, target, shared, handle).await;
+            let serve = async move {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(Ok(s)) =
+                            timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            serve_conn(s, peer, target, shared, handle).await;
+                        }
                     }
+                    None => serve_conn(stream, peer, target, shared, handle).await,
                 }
-                None => serve_conn(stream, peer, target, shared, handle).await,
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = open.changed() => {}
             }
         });
     }
+    drop(listener);
+    drop(open_tx);
 }
 
 async fn finish<S: Conn>(s: &mut S) {

@@ -28,9 +28,16 @@ enum Command {
     /// Serve one cloud's metadata service and a Coder server until SIGTERM or SIGINT, and print
     /// the `export` lines that point coder-agent-auth at them (--json: one JSON line).
     ///
-    /// While it runs, SIGHUP rebuilds the workspace: new agents with new tokens under the same
+    /// While it runs, signals change what it plays; each change is said on stderr, and
+    /// --ready-file is written again.
+    ///
+    /// SIGHUP (kill -HUP PID) rebuilds the workspace: new agents with new tokens under the same
     /// instance id and names, the build number one higher; the old tokens are refused from then
-    /// on. A line on stderr says so, and --ready-file is written again.
+    /// on.
+    ///
+    /// SIGUSR1 (kill -USR1 PID) takes Coder down, as a restarting coderd: its port refuses
+    /// connections and its open connections close. The next SIGUSR1 brings it back on the same
+    /// port.
     Serve(Box<ServeArgs>),
     /// Run coder-agent-auth against a simulated AWS with the agents `main` and `dev`.
     Demo(DemoArgs),
@@ -213,6 +220,7 @@ fn ready_json(sim: &Sim) -> serde_json::Value {
         "coder_version": sim.config().coder_version,
         "build": sim.build(),
         "tokens": tokens,
+        "coder_down": sim.coder_down(),
         "pid": std::process::id(),
     })
 }
@@ -292,11 +300,24 @@ fn serve(a: ServeArgs) -> ExitCode {
         out.flush()
     };
     let on_event = |sim: &Sim, event: ServeEvent| {
-        let ServeEvent::Rebuilt(build) = event;
-        eprintln!(
-            "coder-agent-auth-sim: SIGHUP: the workspace was rebuilt: now build {build} (new agents, new tokens; the tokens of build {} are refused)",
-            build - 1
-        );
+        match event {
+            ServeEvent::Rebuilt(build) => eprintln!(
+                "coder-agent-auth-sim: SIGHUP: the workspace was rebuilt: now build {build} (new agents, new tokens; the tokens of build {} are refused)",
+                build - 1
+            ),
+            ServeEvent::CoderDown => eprintln!(
+                "coder-agent-auth-sim: SIGUSR1: Coder is down: {} refuses connections (SIGUSR1 again brings it back)",
+                sim.coder_addr()
+            ),
+            ServeEvent::CoderUp => eprintln!(
+                "coder-agent-auth-sim: SIGUSR1: Coder is up again at {}",
+                sim.coder_url()
+            ),
+            ServeEvent::CoderUpFailed(why) => eprintln!(
+                "coder-agent-auth-sim: SIGUSR1: Coder stays down: cannot listen on {} again: {why}",
+                sim.coder_addr()
+            ),
+        }
         if let Some(p) = &ready_file {
             if let Err(e) = write_atomically(p, &format!("{}\n", ready_json(sim))) {
                 eprintln!("coder-agent-auth-sim: cannot rewrite {}: {e}", p.display());

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::SimConfig;
 use crate::fault::{Fault, Target};
@@ -24,8 +26,25 @@ pub struct Sim {
     metadata_addr: SocketAddr,
     coder_addr: SocketAddr,
     ca_pem: Option<String>,
+    /// The background runtime, for the Coder server's listener when it comes back up.
+    rt: Handle,
+    coder: Mutex<CoderListener>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The Coder server's listening side, which closes and opens again on the same port
+/// ([`Sim::set_coder_down`]).
+struct CoderListener {
+    acceptor: Option<TlsAcceptor>,
+    /// `None` while Coder is down.
+    running: Option<Running>,
+}
+
+/// A running accept loop: `stop` ends it; `done` says its sockets are closed.
+struct Running {
+    stop: oneshot::Sender<()>,
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 /// The router: which server answers a request.
@@ -42,7 +61,8 @@ fn route(shared: &Shared, target: Target, req: &Request) -> Outcome {
     }
 }
 
-async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Listen on `addr` (within a runtime context: enter the runtime's handle first).
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -52,6 +72,25 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.bind(addr)?;
     // A deep backlog: fleet tests open hundreds of connections at once.
     sock.listen(2048)
+}
+
+/// Serve Coder on `listener` until stopped.
+fn spawn_coder(
+    rt: &Handle,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    acceptor: Option<TlsAcceptor>,
+) -> Running {
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        http::accept_loop(listener, Target::Coder, shared, acceptor, route, stopped).await;
+        let _ = done_tx.send(());
+    });
+    Running { stop, done }
 }
 
 impl Sim {
@@ -90,86 +129,98 @@ impl Sim {
         let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
         let acceptor = tls.map(|t| t.acceptor);
         let shared = Arc::new(Shared::new(cfg, request_log)?);
-        let (ready_tx, ready_rx) =
-            std::sync::mpsc::channel::<io::Result<(SocketAddr, SocketAddr)>>();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("coder-agent-auth-sim-worker")
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let listeners = {
+            let _in_runtime = handle.enter();
+            bind(metadata_addr).and_then(|m| Ok((bind(coder_addr)?, m)))
+        };
+        let addrs = listeners.and_then(|(c, m)| Ok((m.local_addr()?, c.local_addr()?, m, c)));
+        let (metadata_addr, coder_addr, m, c) = match addrs {
+            Ok(a) => a,
+            Err(e) => {
+                // Not a blocking shutdown: the caller may be inside an async context.
+                rt.shutdown_background();
+                return Err(e);
+            }
+        };
+        handle.spawn(http::accept_loop(
+            m,
+            Target::Metadata,
+            shared.clone(),
+            None,
+            route,
+            std::future::pending(),
+        ));
+        let running = spawn_coder(&handle, c, shared.clone(), acceptor.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("coder-agent-auth-sim".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("coder-agent-auth-sim-worker")
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
                 rt.block_on(async move {
-                    let listeners = async {
-                        let m = bind(metadata_addr).await?;
-                        let c = bind(coder_addr).await?;
-                        Ok::<_, io::Error>((m, c))
-                    }
-                    .await;
-                    let (m, c) = match listeners {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let addrs = (m.local_addr(), c.local_addr());
-                    match addrs {
-                        (Ok(ma), Ok(ca)) => {
-                            let _ = ready_tx.send(Ok((ma, ca)));
-                        }
-                        (Err(e), _) | (_, Err(e)) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    }
-                    tokio::spawn(http::accept_loop(
-                        m,
-                        Target::Metadata,
-                        thread_shared.clone(),
-                        None,
-                        route,
-                    ));
-                    tokio::spawn(http::accept_loop(
-                        c,
-                        Target::Coder,
-                        thread_shared.clone(),
-                        acceptor,
-                        route,
-                    ));
                     let _ = stop_rx.await;
                 });
                 rt.shutdown_timeout(Duration::from_secs(2));
             })?;
-        let (metadata_addr, coder_addr) = match ready_rx.recv() {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(io::Error::other("simulator thread died while starting"));
-            }
-        };
         Ok(Sim {
             shared,
             metadata_addr,
             coder_addr,
             ca_pem,
+            rt: handle,
+            coder: Mutex::new(CoderListener {
+                acceptor,
+                running: Some(running),
+            }),
             shutdown: Mutex::new(Some(stop_tx)),
             thread: Some(thread),
         })
+    }
+
+    /// Take the Coder server down (`true`), as a restarting coderd is: its listening socket
+    /// closes, so connections are refused (ECONNREFUSED), and the connections it had are closed.
+    /// `false` brings it back on the same address. Returns once the change is made; a no-op
+    /// when it is already so. Fails when the port cannot be listened on again.
+    pub fn set_coder_down(&self, down: bool) -> io::Result<()> {
+        let mut coder = lock(&self.coder);
+        match (down, coder.running.take()) {
+            (true, Some(running)) => {
+                let _ = running.stop.send(());
+                running
+                    .done
+                    .recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| io::Error::other("the Coder server did not stop"))?;
+            }
+            (false, None) => {
+                // Bound by a runtime worker, so in the network namespace the simulator started
+                // in, whichever thread asks.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let addr = self.coder_addr;
+                self.rt.spawn(async move {
+                    let _ = tx.send(bind(addr));
+                });
+                let listener = rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| io::Error::other("the simulator's runtime did not answer"))??;
+                coder.running = Some(spawn_coder(
+                    &self.rt,
+                    listener,
+                    self.shared.clone(),
+                    coder.acceptor.clone(),
+                ));
+            }
+            (_, running) => coder.running = running,
+        }
+        Ok(())
+    }
+
+    /// Is the Coder server down ([`Sim::set_coder_down`])?
+    pub fn coder_down(&self) -> bool {
+        lock(&self.coder).running.is_none()
     }
 
     /// `http://127.0.0.1:PORT` (the metadata service).
@@ -298,14 +349,20 @@ impl Drop for Sim {
 }
 
 /// What a signal did to a running [`serve_blocking`] (handed to its `on_event`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServeEvent {
     /// SIGHUP: the workspace was rebuilt ([`Sim::rebuild`]); the new build number.
     Rebuilt(u64),
+    /// SIGUSR1 while Coder was up: it is down now ([`Sim::set_coder_down`]).
+    CoderDown,
+    /// SIGUSR1 while Coder was down: it listens again, on the same address.
+    CoderUp,
+    /// SIGUSR1, but Coder could not listen again (it stays down); why.
+    CoderUpFailed(String),
 }
 
 /// Serve until SIGTERM or SIGINT (used by the `serve` command of the binary). SIGHUP rebuilds
-/// the workspace.
+/// the workspace; SIGUSR1 takes Coder down, and the next SIGUSR1 brings it back.
 ///
 /// `request_log`: append one JSON line per request. `on_ready` runs once both servers listen
 /// and the signal handlers are installed; `on_event` after each signal that changed something.
@@ -337,12 +394,22 @@ pub fn serve_blocking(
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
             let mut hup = signal(SignalKind::hangup())?;
+            let mut usr1 = signal(SignalKind::user_defined1())?;
             on_ready(&sim)?;
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
                     _ = hup.recv() => on_event(&sim, ServeEvent::Rebuilt(sim.rebuild())),
+                    _ = usr1.recv() => {
+                        let down = !sim.coder_down();
+                        let event = match sim.set_coder_down(down) {
+                            Ok(()) if down => ServeEvent::CoderDown,
+                            Ok(()) => ServeEvent::CoderUp,
+                            Err(e) => ServeEvent::CoderUpFailed(e.to_string()),
+                        };
+                        on_event(&sim, event);
+                    }
                 }
             }
         }

@@ -374,3 +374,57 @@ fn serve_gcp_jwt_lifetime_sets_exp() {
     );
     stop(s);
 }
+
+#[test]
+fn sigusr1_takes_coder_down_and_brings_it_back_on_the_same_port() {
+    let s = serve("usr1", &["--cloud", "aws", "--json"], |out| {
+        out.ends_with('\n')
+    });
+    assert_eq!(s.ready["coder_down"], false);
+    let coder = s.ready["coder_url"].as_str().unwrap().to_string();
+    let addr = host_port(&coder).to_string();
+    assert_eq!(http_get(&addr, "/api/v2/buildinfo").0, 200);
+
+    s.signal("USR1");
+    s.wait_ready("after the first SIGUSR1", |v| v["coder_down"] == true);
+    let err = s.wait_stderr("Coder is down");
+    assert!(
+        err.contains(&format!("{addr} refuses connections")),
+        "{err}"
+    );
+    assert_eq!(
+        TcpStream::connect(&addr).unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    // The metadata service stays up.
+    assert_ne!(
+        http_get(host_port(s.ready["metadata_url"].as_str().unwrap()), "/").0,
+        0
+    );
+
+    s.signal("USR1");
+    s.wait_ready("after the second SIGUSR1", |v| v["coder_down"] == false);
+    s.wait_stderr(&format!("Coder is up again at {coder}"));
+    assert_eq!(http_get(&addr, "/api/v2/buildinfo").0, 200);
+    stop(s);
+}
+
+#[test]
+fn serve_help_names_the_signals() {
+    let out = Command::new(SIM)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for needle in [
+        "SIGHUP",
+        "rebuilds the workspace",
+        "SIGUSR1",
+        "takes Coder down",
+        "--build",
+        "--gcp-jwt-lifetime",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}

@@ -189,3 +189,59 @@ fn keep_alive_serves_request_after_request_on_one_connection() {
     assert_eq!(peers.len(), 4);
     assert!(peers.iter().all(|p| *p == peers[0]), "{peers:?}");
 }
+
+#[test]
+fn coder_goes_down_and_comes_back_on_the_same_port() {
+    let sim = Sim::start(
+        SimConfig::new(Cloud::Aws, &["main"]).with_fault(Fault::coder(FaultKind::Hang, 1)),
+    );
+    let addr = sim.coder_addr();
+    // A connection Coder never answers, open when it goes down.
+    let mut hanging = TcpStream::connect(addr).unwrap();
+    hanging
+        .write_all(&raw_request("GET", "/api/v2/buildinfo", &[], b""))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.requests_to(Target::Coder).is_empty() {
+        assert!(Instant::now() < deadline, "the request never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!sim.coder_down());
+
+    sim.set_coder_down(true).unwrap();
+    assert!(sim.coder_down());
+    let refused = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Its connections went with it.
+    hanging
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut out = Vec::new();
+    let res = hanging.read_to_end(&mut out);
+    assert!(
+        res.is_ok() || res.unwrap_err().kind() == std::io::ErrorKind::ConnectionReset,
+        "the connection stayed open"
+    );
+    assert!(out.is_empty());
+    // The metadata service does not go down with it.
+    assert!(!aws_identity(&sim).0.is_empty());
+    sim.set_coder_down(true).unwrap();
+
+    for _ in 0..2 {
+        sim.set_coder_down(false).unwrap();
+        assert!(!sim.coder_down());
+        assert_eq!(sim.coder_addr(), addr);
+        assert_eq!(
+            request(addr, "GET", "/api/v2/buildinfo", &[], b"").status,
+            200
+        );
+        assert_eq!(aws_exchange(&sim, Some("main")).status, 200);
+        sim.set_coder_down(false).unwrap();
+        sim.set_coder_down(true).unwrap();
+        assert_eq!(
+            TcpStream::connect(addr).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+    }
+    assert_eq!(sim.tokens().len(), 2);
+}
