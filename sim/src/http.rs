@@ -415,6 +415,9 @@ async fn serve_conn<S: Conn>(
             Ok(Err(ReadError::Close)) | Err(_) => return,
         };
         shared.record(Recorded {
+            // Stamped by `record`.
+            received: shared.started,
+            since_start: Duration::ZERO,
             target,
             method: req.method.clone(),
             path: req.path.clone(),

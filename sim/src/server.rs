@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
@@ -267,6 +267,11 @@ impl Sim {
 
     pub fn config(&self) -> &SimConfig {
         &self.shared.cfg
+    }
+
+    /// When the simulator started: what [`Recorded::since_start`] counts from.
+    pub fn started(&self) -> Instant {
+        self.shared.started
     }
 
     /// Every request received so far, in order (both servers).

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::SimConfig;
 use crate::fault::{Fault, FaultKind, Target};
@@ -26,6 +26,10 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub peer: SocketAddr,
+    /// When the simulator had read the whole request (for rates: exchanges per second).
+    pub received: Instant,
+    /// `received`, as time since the simulator started ([`crate::Sim::started`]).
+    pub since_start: Duration,
 }
 
 impl Recorded {
@@ -63,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) azure_window: Mutex<VecDeque<Instant>>,
     /// The latest workspace build's number (starts at `cfg.build`; a rebuild adds one).
     build: AtomicU64,
+    /// When the simulator started (what [`Recorded::since_start`] counts from).
+    pub(crate) started: Instant,
     request_log: Option<Mutex<File>>,
 }
 
@@ -105,12 +111,18 @@ impl Shared {
             imds_tokens: Mutex::new(HashSet::new()),
             azure_window: Mutex::new(VecDeque::new()),
             build: AtomicU64::new(cfg.build),
+            started: Instant::now(),
             cfg,
             request_log: request_log.map(Mutex::new),
         })
     }
 
-    pub(crate) fn record(&self, rec: Recorded) {
+    /// Record a request that has just been read, stamped with the time now (under the record's
+    /// lock, so the record's order is the order of the times).
+    pub(crate) fn record(&self, mut rec: Recorded) {
+        let mut requests = lock(&self.requests);
+        rec.received = Instant::now();
+        rec.since_start = rec.received.saturating_duration_since(self.started);
         if let Some(log) = &self.request_log {
             let mut headers = serde_json::Map::new();
             for (k, v) in &rec.headers {
@@ -132,12 +144,13 @@ impl Shared {
                 "headers": headers,
                 "body": String::from_utf8_lossy(&rec.body),
                 "peer": rec.peer.to_string(),
+                "elapsed_ms": rec.since_start.as_secs_f64() * 1000.0,
             });
             let mut f = lock(log);
             let _ = writeln!(f, "{line}");
             let _ = f.flush();
         }
-        lock(&self.requests).push(rec);
+        requests.push(rec);
     }
 
     /// The fault for this request, if one still applies (its counter is advanced).

@@ -428,3 +428,37 @@ fn serve_help_names_the_signals() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
+
+#[test]
+fn the_request_log_times_each_request() {
+    let log_dir = TempDir::new("request-log");
+    let log = log_dir.0.join("requests.jsonl");
+    let s = serve(
+        "log",
+        &[
+            "--cloud",
+            "aws",
+            "--json",
+            "--request-log",
+            log.to_str().unwrap(),
+        ],
+        |out| out.ends_with('\n'),
+    );
+    let coder = s.ready["coder_url"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        assert_eq!(http_get(host_port(&coder), "/api/v2/buildinfo").0, 200);
+    }
+    stop(s);
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let t: Vec<f64> = lines
+        .iter()
+        .map(|l| l["elapsed_ms"].as_f64().expect("elapsed_ms"))
+        .collect();
+    assert!(0.0 <= t[0] && t[0] <= t[1], "{t:?}");
+    assert_eq!(lines[0]["path"], "/api/v2/buildinfo");
+}

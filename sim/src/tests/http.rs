@@ -245,3 +245,40 @@ fn coder_goes_down_and_comes_back_on_the_same_port() {
     }
     assert_eq!(sim.tokens().len(), 2);
 }
+
+#[test]
+fn requests_carry_the_time_they_arrived() {
+    let sim = Sim::start(SimConfig::new(Cloud::Aws, &["main"]));
+    let get = || request(sim.coder_addr(), "GET", "/api/v2/buildinfo", &[], b"");
+    let before = Instant::now();
+    for _ in 0..3 {
+        get();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let middle = Instant::now();
+    for _ in 0..2 {
+        get();
+    }
+    let after = Instant::now();
+    let reqs = sim.requests();
+    assert_eq!(reqs.len(), 5);
+    for r in &reqs {
+        assert!(sim.started() <= r.received && r.received <= after);
+        assert_eq!(r.since_start, r.received - sim.started());
+    }
+    assert!(reqs.windows(2).all(|w| w[0].received <= w[1].received));
+    assert!(reqs[..3]
+        .iter()
+        .all(|r| before <= r.received && r.received < middle));
+    assert!(reqs[3..].iter().all(|r| middle <= r.received));
+    // Per-second rates, counted from the first request.
+    let first = reqs[0].since_start;
+    let mut per_second = std::collections::BTreeMap::new();
+    for r in &reqs {
+        *per_second
+            .entry((r.since_start - first).as_secs())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_second.get(&0), Some(&3), "{per_second:?}");
+    assert_eq!(per_second.values().sum::<i32>(), 5);
+}
