@@ -139,9 +139,34 @@ fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// What `serve` prints for people: comments, then `export` lines to paste into another shell,
-/// which point coder-agent-auth at this simulator the way a user would (each cloud's own
-/// endpoint variable; Azure has none, so the generic one).
+/// The variables coder-agent-auth reads to choose a metadata endpoint (src/cloud/*.rs,
+/// src/cli.rs): the generic override, which wins over the rest, and each cloud's conventions.
+/// The `export` lines unset those they do not set, so that another simulator's lines pasted
+/// before do not win.
+const ENDPOINT_VARS: &[&str] = &[
+    "CODER_AGENT_METADATA_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_EC2_METADATA_DISABLED",
+    "GCE_METADATA_HOST",
+];
+
+/// The command to run coder-agent-auth as pasted: the binary next to this executable (where
+/// `cargo build` puts both) by its absolute path, else the bare name, for one on PATH.
+fn product_command() -> String {
+    match demo::default_bin()
+        .filter(|b| b.is_file())
+        .and_then(|b| std::path::absolute(b).ok())
+    {
+        Some(b) => demo::shell_quote(&b.display().to_string()),
+        None => "coder-agent-auth".to_string(),
+    }
+}
+
+/// What `serve` prints for people: comments (with the command to run afterwards), then the
+/// lines to paste into another shell, which point coder-agent-auth at this simulator the way a
+/// user would (each cloud's own endpoint variable; Azure has none, so the generic one) after
+/// unsetting the endpoint variables that would otherwise win.
 fn exports(sim: &Sim, ca_file: Option<&Path>) -> String {
     let cfg = sim.config();
     let (metadata_var, metadata_value, method) = match cfg.cloud {
@@ -183,18 +208,31 @@ fn exports(sim: &Sim, ca_file: Option<&Path>) -> String {
     if let Some(ca) = ca_file {
         vars.push(("CODER_AGENT_CA_CERT", ca.display().to_string()));
     }
+    // And a CA file of an earlier simulator's lines, gone with it.
+    let unset: Vec<&str> = ENDPOINT_VARS
+        .iter()
+        .chain(["CODER_AGENT_CA_CERT"].iter())
+        .copied()
+        .filter(|v| !vars.iter().any(|(k, _)| k == v))
+        .collect();
     let mut out = format!(
-        "# coder-agent-auth-sim: a simulated {} instance ({}) with the agents: {agents}\n\
+        "# coder-agent-auth-sim: a simulated {} instance ({}) with the agents: {agents} (workspace build {})\n\
          #   metadata service: {}\n\
          #   Coder ({}): {}\n\
-         # Paste these lines into another shell, then run: coder-agent-auth{example}\n\
-         # (stop the simulator with Ctrl-C; --json prints one JSON line instead)\n",
+         # Paste these lines into another shell, then run:\n\
+         #   {}{example}\n\
+         # (kill -HUP {pid} rebuilds the workspace, kill -USR1 {pid} takes Coder down and back up;\n\
+         # Ctrl-C stops the simulator; --json prints one JSON line instead)\n",
         cfg.cloud.name(),
         sim.instance_id(),
+        sim.build(),
         sim.metadata_url(),
         cfg.coder_version,
         sim.coder_url(),
+        product_command(),
+        pid = std::process::id(),
     );
+    out.push_str(&format!("unset {}\n", unset.join(" ")));
     for (k, v) in vars {
         out.push_str(&format!("export {k}={}\n", demo::shell_quote(&v)));
     }

@@ -1,5 +1,7 @@
-//! `coder-agent-auth-sim serve` as a user runs it: the `export` lines it prints are valid shell
-//! and point at the servers it started; `--json` and `--ready-file` give the JSON object.
+//! `coder-agent-auth-sim serve` as a user runs it: the lines it prints are valid shell, point at
+//! the servers it started and unset what would win over them, and the command it names runs as
+//! pasted; `--json` and `--ready-file` give the JSON object; signals rebuild the workspace and
+//! take Coder down and up.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -228,10 +230,16 @@ fn serve_prints_exports_to_paste_for_each_cloud() {
             exports_done,
         );
         assert!(
+            s.stdout.lines().all(|l| l.starts_with("# ")
+                || l.starts_with("export ")
+                || l.starts_with("unset ")),
+            "only comments, unset and exports, ready to paste: {}",
             s.stdout
-                .lines()
-                .all(|l| l.starts_with("# ") || l.starts_with("export ")),
-            "only comments and exports, ready to paste: {}",
+        );
+        assert_eq!(
+            s.stdout.lines().filter(|l| l.starts_with("unset ")).count(),
+            1,
+            "{}",
             s.stdout
         );
         assert!(
@@ -461,4 +469,184 @@ fn the_request_log_times_each_request() {
         .collect();
     assert!(0.0 <= t[0] && t[0] <= t[1], "{t:?}");
     assert_eq!(lines[0]["path"], "/api/v2/buildinfo");
+}
+
+/// Start `serve` from `exe` (a copy of the simulator) with `args`; its stdout once the exports
+/// are out, and the child.
+fn serve_from(exe: &Path, args: &[&str]) -> (String, Child) {
+    let mut tries = 0;
+    let mut child = loop {
+        let spawned = Command::new(exe)
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn();
+        match spawned {
+            // ETXTBSY: a process forked by a test running alongside still holds the copy's
+            // write descriptor until it execs.
+            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    while !exports_done(&out) {
+        let mut line = String::new();
+        assert_ne!(reader.read_line(&mut line).unwrap(), 0, "{out}");
+        out.push_str(&line);
+    }
+    (out, child)
+}
+
+/// The command line the text tells to run after pasting.
+fn command_to_run(text: &str) -> String {
+    let mut lines = text.lines();
+    lines
+        .find(|l| l.ends_with("then run:"))
+        .and_then(|_| lines.next())
+        .and_then(|l| l.strip_prefix("#   "))
+        .unwrap_or_else(|| panic!("no command to run in {text}"))
+        .to_string()
+}
+
+#[test]
+fn the_command_to_run_is_the_binary_next_to_the_simulator_and_runs_as_pasted() {
+    let dir = TempDir::new("command");
+    // A directory with a space: the command must be quoted to run as pasted.
+    let bin = dir.0.join("target dir");
+    std::fs::create_dir(&bin).unwrap();
+    let sim = bin.join("coder-agent-auth-sim");
+    std::fs::copy(SIM, &sim).unwrap();
+
+    // No coder-agent-auth next to it: the bare name, for one on PATH.
+    let (text, mut child) = serve_from(&sim, &["--cloud", "aws", "--agents", "main,dev"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        command_to_run(&text),
+        "coder-agent-auth --agent-name main --token-file /tmp/main.token"
+    );
+
+    // One next to it (a stand-in that reports how it was run): its absolute path.
+    let product = bin.join("coder-agent-auth");
+    let report = dir.0.join("ran");
+    std::fs::write(
+        &product,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" \"$CODER_AGENT_AUTH\" \"$AWS_EC2_METADATA_SERVICE_ENDPOINT\" \"${{CODER_AGENT_METADATA_ENDPOINT-unset}}\" > '{}'\n",
+            report.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&product, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (text, mut child) = serve_from(&sim, &["--cloud", "aws", "--agents", "main,dev"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let command = command_to_run(&text);
+    assert_eq!(
+        command,
+        format!(
+            "'{}' --agent-name main --token-file /tmp/main.token",
+            product.display()
+        )
+    );
+    // Paste everything, then the command, into a shell with another cloud's variable set.
+    let script =
+        format!("export CODER_AGENT_METADATA_ENDPOINT=http://elsewhere\n{text}\n{command}\n");
+    let mut tries = 0;
+    let out = loop {
+        let out = Command::new("sh").arg("-ec").arg(&script).output().unwrap();
+        // The stand-in may be busy for a moment as the copy can be (ETXTBSY: exit 126).
+        if out.status.code() == Some(126) && tries < 100 {
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        break out;
+    };
+    assert!(out.status.success(), "{script}\n{out:?}");
+    let ran = std::fs::read_to_string(&report).unwrap();
+    let ran: Vec<&str> = ran.lines().collect();
+    assert_eq!(ran[0], "--agent-name main --token-file /tmp/main.token");
+    assert_eq!(ran[1], "aws-instance-identity");
+    assert!(ran[2].starts_with("http://127.0.0.1:"), "{ran:?}");
+    assert_eq!(ran[3], "unset", "the generic endpoint would win over AWS's");
+}
+
+#[test]
+fn pasting_one_clouds_lines_after_anothers_leaves_only_the_last() {
+    let clouds = ["aws", "gcp", "azure"];
+    let texts: Vec<(String, Value)> = clouds
+        .iter()
+        .map(|c| {
+            let s = serve(&format!("paste-{c}"), &["--cloud", c], exports_done);
+            let out = (s.stdout.clone(), s.ready.clone());
+            stop(s);
+            out
+        })
+        .collect();
+    let vars = [
+        "CODER_AGENT_METADATA_ENDPOINT",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+        "AWS_EC2_METADATA_DISABLED",
+        "GCE_METADATA_HOST",
+        "CODER_AGENT_CA_CERT",
+        "CODER_AGENT_AUTH",
+        "CODER_AGENT_URL",
+    ];
+    for (i, first) in clouds.iter().enumerate() {
+        for (j, last) in clouds.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let mut script = String::from(
+                "export AWS_EC2_METADATA_DISABLED=true AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6 CODER_AGENT_CA_CERT=/gone/ca.pem\n",
+            );
+            script.push_str(&texts[i].0);
+            script.push_str(&texts[j].0);
+            for v in vars {
+                script.push_str(&format!("printf '%s=%s\\n' {v} \"${{{v}-unset}}\"\n"));
+            }
+            let out = Command::new("sh").arg("-ec").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{script}\n{out:?}");
+            let got = String::from_utf8(out.stdout).unwrap();
+            let ready = &texts[j].1;
+            let own = match *last {
+                "aws" => (
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                    ready["metadata_url"].clone(),
+                ),
+                "gcp" => ("GCE_METADATA_HOST", ready["metadata_host_port"].clone()),
+                _ => (
+                    "CODER_AGENT_METADATA_ENDPOINT",
+                    ready["metadata_url"].clone(),
+                ),
+            };
+            for line in got.lines() {
+                let (k, v) = line.split_once('=').unwrap();
+                let want = if k == own.0 {
+                    own.1.as_str().unwrap().to_string()
+                } else if k == "CODER_AGENT_URL" {
+                    ready["coder_url"].as_str().unwrap().to_string()
+                } else if k == "CODER_AGENT_AUTH" {
+                    match *last {
+                        "aws" => "aws-instance-identity",
+                        "gcp" => "google-instance-identity",
+                        _ => "azure-instance-identity",
+                    }
+                    .to_string()
+                } else {
+                    "unset".to_string()
+                };
+                assert_eq!(v, want, "{first} then {last}: {k}");
+            }
+        }
+    }
 }
