@@ -387,7 +387,10 @@ fn parse_uuid(s: &str) -> Option<String> {
     let body = match s.len() {
         36 => s,
         38 if s.starts_with('{') && s.ends_with('}') => &s[1..37],
-        45 if s.len() >= 9 && s[..9].eq_ignore_ascii_case("urn:uuid:") => &s[9..],
+        45 => match (s.get(..9), s.get(9..)) {
+            (Some(urn), Some(rest)) if urn.eq_ignore_ascii_case("urn:uuid:") => rest,
+            _ => return None,
+        },
         32 => {
             return s.bytes().all(|b| b.is_ascii_hexdigit()).then(|| {
                 let l = s.to_ascii_lowercase();
@@ -469,11 +472,19 @@ fn agent_api(shared: &Shared, req: &Request) -> Outcome {
         return message(405, "Method not allowed.");
     }
     if req.path == AGENT_GITSSHKEY_PATH {
+        /// `agentsdk.GitSSHKey`, its fields in Go's order.
+        #[derive(Serialize)]
+        struct GitSshKey {
+            public_key: String,
+            private_key: String,
+        }
         let (public_key, private_key) = crypto::git_ssh_key(&shared.cfg.token_seed);
-        // agentsdk.GitSSHKey
         return write(
             200,
-            &serde_json::json!({ "public_key": public_key, "private_key": private_key }),
+            &GitSshKey {
+                public_key,
+                private_key,
+            },
         );
     }
     // AGENT_RPC_PATH. Before v2.10.0 the handler checked the build itself

@@ -30,9 +30,14 @@ fn the_current_token_gets_the_git_ssh_key() {
             r.header("content-type"),
             Some("application/json; charset=utf-8")
         );
+        // agentsdk.GitSSHKey's two fields, in Go's order.
+        assert!(
+            r.text().starts_with("{\"public_key\":\"ssh-ed25519 "),
+            "{}",
+            r.text()
+        );
         let v = r.json();
-        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["private_key", "public_key"]);
+        assert_eq!(v.as_object().unwrap().len(), 2);
         let public = v["public_key"].as_str().unwrap();
         assert!(
             public.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"),
@@ -98,6 +103,14 @@ fn missing_malformed_and_unknown_tokens_get_coderds_401() {
             r.json(),
             json!({"message": "Workspace agent token invalid.", "detail": "An agent token must be a valid UUIDv4. (len 10)"})
         );
+        // Non-ASCII of a form's length is not a UUID either (and does not trip the parser).
+        for odd in [
+            "urn:uuid\u{e9}5a7c0d1e-2b3f-4a5b-8c9d-0e1f2a3b4c5",
+            "{\u{e9}a7c0d1e-2b3f-4a5b-8c9d-0e1f2a3b4c5}",
+        ] {
+            let r = get(&sim, path, Some(odd));
+            assert_eq!(r.message(), "Workspace agent token invalid.", "{odd}");
+        }
         let r = get(&sim, path, Some("8b7a2e3c-1f0d-4c5e-9a8b-7c6d5e4f3a2b"));
         assert_eq!(r.status, 401);
         assert_eq!(r.text(), NOT_AUTHORIZED);
