@@ -28,7 +28,7 @@ pub struct Recorded {
     pub peer: SocketAddr,
     /// When the simulator had read the whole request (for rates: exchanges per second).
     pub received: Instant,
-    /// `received`, as time since the simulator started ([`crate::Sim::started`]).
+    /// `received`, as time since the simulator started (`Sim::started`).
     pub since_start: Duration,
 }
 
