@@ -3,13 +3,11 @@
 
 use serde::Serialize;
 
+use crate::config::{Cloud, CoderBehaviour};
 use crate::crypto;
 use crate::http::{Outcome, Request, Response};
-use crate::metadata::unix_now;
-use crate::{Cloud, CoderBehaviour, Shared};
-
-/// What `httpapi.Write` sends.
-pub(crate) const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+use crate::state::{unix_now, Shared};
+use crate::wire::{go_json, go_quote, JSON_CONTENT_TYPE};
 
 /// `codersdk.Response` (plus the `agent_names` a future server may send with a 409).
 #[derive(Serialize, Default)]
@@ -27,24 +25,6 @@ struct CoderResponse {
 struct ValidationError {
     field: String,
     detail: String,
-}
-
-/// JSON as Go's `json.Encoder` writes it: HTML characters escaped, newline at the end.
-fn go_json<T: Serialize>(v: &T) -> Vec<u8> {
-    let s = serde_json::to_string(v).expect("serializable");
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out.push('\n');
-    out.into_bytes()
 }
 
 fn write<T: Serialize>(status: u16, v: &T) -> Outcome {
@@ -70,36 +50,6 @@ fn message_detail(status: u16, msg: &str, detail: impl Into<String>) -> Outcome 
             ..Default::default()
         },
     )
-}
-
-/// Go's `%q` (`strconv.Quote`).
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\x07' => out.push_str("\\a"),
-            '\x08' => out.push_str("\\b"),
-            '\x0c' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\x0b' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() || (c.is_whitespace() && c != ' ') => {
-                if (c as u32) < 0x10000 {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
-                } else {
-                    out.push_str(&format!("\\U{:08x}", c as u32));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn cloud_of_path(path: &str) -> Option<Cloud> {
@@ -146,6 +96,9 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
             }
             return Response::new(200, "application/octet-stream", cli.clone()).into();
         }
+    }
+    if req.path == AGENT_GITSSHKEY_PATH || req.path == AGENT_RPC_PATH {
+        return agent_api(shared, req);
     }
     let Some(cloud) = cloud_of_path(&req.path) else {
         return message(404, "Route not found.");
@@ -198,35 +151,112 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
     }
     let agent_name = values.last().cloned().unwrap_or_default();
 
+    // The simulator's key stands for the configured cloud only: another cloud's endpoint
+    // rejects whatever it gets, as a real Coder rejects a foreign signature (for GCP, after the
+    // checks that come before the signature's: Google's certificates lack the simulator's key).
+    let own = cloud == shared.cfg.cloud;
     let (invalid, verified) = match cloud {
+        Cloud::Aws if !own => (
+            "Invalid AWS identity.",
+            Err("crypto/rsa: verification error".to_string()),
+        ),
+        Cloud::Azure if !own => (
+            "Invalid Azure identity.",
+            Err("verify pkcs7: x509: certificate signed by unknown authority".to_string()),
+        ),
         Cloud::Aws => (
             "Invalid AWS identity.",
-            crypto::verify_aws(&shared.keys, &values[0], &values[1]),
+            crypto::verify_aws(&shared.keys, &values[0], &values[1]).map(Ok),
         ),
         Cloud::Gcp => (
             "Invalid GCP identity.",
-            crypto::verify_gcp(&shared.keys, &values[0], unix_now()),
+            crypto::verify_gcp(own.then_some(&shared.keys), &values[0], unix_now())
+                .map(|claims| gcp_instance_id(&claims)),
         ),
         Cloud::Azure => (
             "Invalid Azure identity.",
-            crypto::verify_azure(&shared.keys, &values[0]),
+            crypto::verify_azure(&shared.keys, &values[0]).map(Ok),
         ),
     };
-    // The simulator's key stands for the configured cloud only: another cloud's endpoint
-    // rejects whatever it gets, as a real Coder rejects a foreign signature.
-    let verified = if cloud == shared.cfg.cloud {
-        verified
-    } else {
-        Err(match cloud {
-            Cloud::Aws => "crypto/rsa: verification error",
-            Cloud::Gcp => "idtoken: could not verify token signature",
-            Cloud::Azure => "verify pkcs7: x509: certificate signed by unknown authority",
-        }
-        .to_string())
-    };
     match verified {
-        Ok(instance_id) => auth_instance_id(shared, &instance_id, &agent_name),
+        Ok(Ok(instance_id)) => auth_instance_id(shared, &instance_id, &agent_name),
+        // coderd/workspaceresourceauth.go, postWorkspaceAuthGoogleInstanceIdentity, when
+        // mapstructure.Decode(payload.Claims, &claims) fails:
+        //   httpapi.Write(ctx, rw, http.StatusBadRequest, codersdk.Response{
+        //       Message: "Error decoding JWT claims.",
+        //       Detail:  err.Error(),
+        //   })
+        Ok(Err(detail)) => message_detail(400, "Error decoding JWT claims.", detail),
         Err(detail) => message_detail(401, invalid, detail),
+    }
+}
+
+/// coderd's `mapstructure.Decode(payload.Claims, &claims)` for
+/// `google.compute_engine.instance_id`: a missing claim is the empty string (so the lookup
+/// answers 404 `Instance with id "" not found.`); a claim of another type is mapstructure's
+/// error.
+fn gcp_instance_id(claims: &serde_json::Map<String, serde_json::Value>) -> Result<String, String> {
+    let mut value = None;
+    let mut name = String::new();
+    let mut node = Some(claims);
+    for (i, key) in ["google", "compute_engine", "instance_id"]
+        .iter()
+        .enumerate()
+    {
+        let Some(map) = node else { break };
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(key);
+        // mapstructure matches map keys case-insensitively when no exact match exists.
+        let found = map.get(*key).or_else(|| {
+            map.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        });
+        match found {
+            None | Some(serde_json::Value::Null) => return Ok(String::new()),
+            Some(serde_json::Value::Object(m)) if i < 2 => node = Some(m),
+            Some(v) if i == 2 => value = Some(v),
+            Some(v) => {
+                return Err(format!(
+                    "1 error(s) decoding:\n\n* '{name}' expected a map, got '{}'",
+                    go_kind(v)
+                ))
+            }
+        }
+    }
+    match value {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(v) => Err(format!(
+            "1 error(s) decoding:\n\n* '{name}' expected type 'string', got unconvertible type '{}', value: '{v}'",
+            go_type(v)
+        )),
+        None => Ok(String::new()),
+    }
+}
+
+/// The `reflect.Kind` of a decoded JSON value, as mapstructure names it.
+fn go_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "float64",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "slice",
+        serde_json::Value::Object(_) => "map",
+        serde_json::Value::Null => "invalid",
+    }
+}
+
+/// The Go type of a decoded JSON value (`%s` of its `reflect.Type`).
+fn go_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "float64",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "[]interface {}",
+        serde_json::Value::Object(_) => "map[string]interface {}",
+        serde_json::Value::Null => "<nil>",
     }
 }
 
@@ -304,10 +334,251 @@ fn auth_instance_id(shared: &Shared, instance_id: &str, agent_name: &str) -> Out
     struct AuthenticateResponse {
         session_token: String,
     }
+    // coderd/workspaceresourceauth.go, handleAuthInstanceID: the agent row's stored token, the
+    // same on every exchange until a new build makes new agents:
+    //   httpapi.Write(ctx, rw, http.StatusOK, agentsdk.AuthenticateResponse{
+    //       SessionToken: agent.AuthToken.String(),
+    //   })
     write(
         200,
         &AuthenticateResponse {
             session_token: shared.issue_token(selected),
         },
+    )
+}
+
+// ---------------------------------------------------------------- the agent's own API
+
+/// `GET /api/v2/workspaceagents/me/gitsshkey` (coderd/gitsshkey.go, `agentGitSSHKey`): the
+/// workspace owner's Git SSH key, for the agent's token. A plain GET that answers 200 with JSON.
+pub(crate) const AGENT_GITSSHKEY_PATH: &str = "/api/v2/workspaceagents/me/gitsshkey";
+
+/// `GET /api/v2/workspaceagents/me/rpc` (coderd/workspaceagentsrpc.go, `workspaceAgentRPC`):
+/// where `coder agent` connects (a WebSocket carrying the agent API).
+pub(crate) const AGENT_RPC_PATH: &str = "/api/v2/workspaceagents/me/rpc";
+
+/// `codersdk.SessionTokenCookie`, also the query parameter's name.
+const SESSION_TOKEN_COOKIE: &str = "coder_session_token";
+
+/// `httpmw.APITokenFromRequest` (coderd/httpmw/apikey.go): the cookie, then the query
+/// parameter, then the `Coder-Session-Token` header.
+fn api_token(req: &Request) -> String {
+    let cookie = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_TOKEN_COOKIE)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty());
+    cookie
+        .or_else(|| {
+            req.query_param(SESSION_TOKEN_COOKIE)
+                .filter(|v| !v.is_empty())
+        })
+        .or_else(|| req.header("coder-session-token").map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `uuid.Parse` (github.com/google/uuid): the canonical form, `{...}`, `urn:uuid:...` or 32 bare
+/// hex digits, in either case. Returns the canonical lower-case form.
+fn parse_uuid(s: &str) -> Option<String> {
+    let body = match s.len() {
+        36 => s,
+        38 if s.starts_with('{') && s.ends_with('}') => &s[1..37],
+        45 => match (s.get(..9), s.get(9..)) {
+            (Some(urn), Some(rest)) if urn.eq_ignore_ascii_case("urn:uuid:") => rest,
+            _ => return None,
+        },
+        32 => {
+            return s.bytes().all(|b| b.is_ascii_hexdigit()).then(|| {
+                let l = s.to_ascii_lowercase();
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &l[..8],
+                    &l[8..12],
+                    &l[12..16],
+                    &l[16..20],
+                    &l[20..]
+                )
+            })
+        }
+        _ => return None,
+    };
+    let ok = body.bytes().enumerate().all(|(i, b)| match i {
+        8 | 13 | 18 | 23 => b == b'-',
+        _ => b.is_ascii_hexdigit(),
+    });
+    ok.then(|| body.to_ascii_lowercase())
+}
+
+/// The agent middleware: `httpmw.ExtractWorkspaceAgentAndLatestBuild`
+/// (coderd/httpmw/workspaceagent.go), or before v2.10.0 `httpmw.ExtractWorkspaceAgent`, which
+/// took any build's agent. The agent's (name, build), or coderd's 401.
+fn authenticate_agent(shared: &Shared, req: &Request) -> Result<(String, u64), Outcome> {
+    let token = api_token(req);
+    if token.is_empty() {
+        // coderd/httpmw/workspaceagent.go:
+        //   Message: fmt.Sprintf("Cookie %q must be provided.", codersdk.SessionTokenCookie),
+        return Err(message(
+            401,
+            format!(
+                "Cookie {} must be provided.",
+                go_quote(SESSION_TOKEN_COOKIE)
+            ),
+        ));
+    }
+    let Some(token) = parse_uuid(&token) else {
+        // coderd/httpmw/workspaceagent.go:
+        //   Message: "Workspace agent token invalid.",
+        //   Detail:  fmt.Sprintf("An agent token must be a valid UUIDv4. (len %d)", len(tokenValue)),
+        return Err(message_detail(
+            401,
+            "Workspace agent token invalid.",
+            format!(
+                "An agent token must be a valid UUIDv4. (len {})",
+                token.len()
+            ),
+        ));
+    };
+    // v2.10.0 on: GetWorkspaceAgentAndLatestBuildByAuthToken matches the latest build's agents
+    // only ("-- Filter out builds that are not the latest."), so an earlier build's token is
+    // sql.ErrNoRows like an unknown one. Before: GetWorkspaceAgentByAuthToken, any build.
+    let owner = shared.token_owner(&token).filter(|(_, build)| {
+        !shared.cfg.agent_auth_latest_build_only() || *build == shared.build()
+    });
+    owner.ok_or_else(|| {
+        // coderd/httpmw/workspaceagent.go, on sql.ErrNoRows:
+        //   Message: "Workspace agent not authorized.",
+        //   Detail:  "The agent cannot authenticate until the workspace provision job has been
+        //             completed. If the job is no longer running, this agent is invalid.",
+        message_detail(
+            401,
+            "Workspace agent not authorized.",
+            "The agent cannot authenticate until the workspace provision job has been completed. If the job is no longer running, this agent is invalid.",
+        )
+    })
+}
+
+/// The routes under `/api/v2/workspaceagents/me` that the simulator plays, behind the agent
+/// middleware (it runs before the method is checked, as chi runs a sub-router's middleware).
+fn agent_api(shared: &Shared, req: &Request) -> Outcome {
+    let (_agent, build) = match authenticate_agent(shared, req) {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    if req.method != "GET" {
+        return message(405, "Method not allowed.");
+    }
+    if req.path == AGENT_GITSSHKEY_PATH {
+        /// `agentsdk.GitSSHKey`, its fields in Go's order.
+        #[derive(Serialize)]
+        struct GitSshKey {
+            public_key: String,
+            private_key: String,
+        }
+        let (public_key, private_key) = crypto::git_ssh_key(&shared.cfg.token_seed);
+        return write(
+            200,
+            &GitSshKey {
+                public_key,
+                private_key,
+            },
+        );
+    }
+    // AGENT_RPC_PATH. Before v2.10.0 the handler checked the build itself
+    // (coderd/workspaceagentsrpc.go, ensureLatestBuild):
+    //   if build.ID != latestBuild.ID { return xerrors.New("build is outdated") }
+    //   ...
+    //   httpapi.Write(ctx, rw, http.StatusForbidden, codersdk.Response{
+    //       Message: "Agent trying to connect from non-latest build.",
+    //       Detail:  err.Error(),
+    //   })
+    if build != shared.build() {
+        return message_detail(
+            403,
+            "Agent trying to connect from non-latest build.",
+            "build is outdated",
+        );
+    }
+    websocket_refusal(req)
+}
+
+/// What `websocket.Accept` (github.com/coder/websocket, accept.go) does with a request that is
+/// not a WebSocket handshake: `http.Error(w, err.Error(), errCode)`; coderd then writes its own
+/// 400 ("Failed to accept websocket.") into the same response, which Go appends to the body
+/// (the status line is already out). A real handshake the simulator does not take: it does not
+/// speak the agent API.
+fn websocket_refusal(req: &Request) -> Outcome {
+    let tokens = |name: &str| -> Vec<String> {
+        req.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let refused = |status: u16, err: String, header: Option<(&str, &str)>| -> Outcome {
+        let mut body = format!("{err}\n").into_bytes();
+        body.extend(go_json(&CoderResponse {
+            message: "Failed to accept websocket.".into(),
+            detail: Some(format!("failed to accept WebSocket connection: {err}")),
+            ..Default::default()
+        }));
+        let mut resp = Response::new(status, "text/plain; charset=utf-8", body)
+            .with_header("X-Content-Type-Options", "nosniff");
+        if let Some((name, value)) = header {
+            resp = resp.with_header(name, value);
+        }
+        resp.into()
+    };
+    let upgrade = Some(("Upgrade", "websocket"));
+    // verifyClientRequest, in its order.
+    if !tokens("connection").iter().any(|t| t == "upgrade") {
+        let got = req.header("connection").unwrap_or("");
+        return refused(
+            426,
+            format!(
+                "WebSocket protocol violation: Connection header {} does not contain Upgrade",
+                go_quote(got)
+            ),
+            upgrade,
+        );
+    }
+    if !tokens("upgrade").iter().any(|t| t == "websocket") {
+        let got = req.header("upgrade").unwrap_or("");
+        return refused(
+            426,
+            format!(
+                "WebSocket protocol violation: Upgrade header {} does not contain websocket",
+                go_quote(got)
+            ),
+            upgrade,
+        );
+    }
+    let version = req.header("sec-websocket-version").unwrap_or("");
+    if version != "13" {
+        return refused(
+            400,
+            format!(
+                "unsupported WebSocket protocol version (only 13 is supported): {}",
+                go_quote(version)
+            ),
+            Some(("Sec-WebSocket-Version", "13")),
+        );
+    }
+    if req.header("sec-websocket-key").unwrap_or("").is_empty() {
+        return refused(
+            400,
+            "WebSocket protocol violation: missing Sec-WebSocket-Key".into(),
+            None,
+        );
+    }
+    // Not coderd's: the simulator stops here.
+    message_detail(
+        501,
+        "coder-agent-auth-sim does not speak the agent API.",
+        "The token was accepted; the simulator answers no WebSocket.",
     )
 }

@@ -1,6 +1,8 @@
 //! What the simulator plays: the cloud, the instance, its agents, the Coder
 //! version, and the TLS certificate.
 
+use std::time::Duration;
+
 use crate::fault::Fault;
 
 /// The cloud whose metadata service the simulator plays.
@@ -55,23 +57,6 @@ impl std::str::FromStr for Cloud {
 impl std::fmt::Display for Cloud {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// Which of the two simulated servers a request reached (or a fault applies to).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Target {
-    Metadata,
-    Coder,
-}
-
-impl Target {
-    /// `metadata` or `coder`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Metadata => "metadata",
-            Target::Coder => "coder",
-        }
     }
 }
 
@@ -141,7 +126,20 @@ pub struct SimConfig {
     /// The file the Coder server serves at `/bin/coder-linux-amd64`, as coderd serves its CLI
     /// (`None`: 404, as for any unknown route).
     pub coder_cli: Option<Vec<u8>>,
+    /// GCP: how long an identity JWT is valid (`exp` minus `iat`; Google's: one hour). Past it,
+    /// coderd answers 401 "Invalid GCP identity." (idtoken: token expired). Whole seconds.
+    pub gcp_jwt_lifetime: Duration,
+    /// The number of the workspace build the simulator starts at (1: the workspace was just
+    /// created). Each agent's session token belongs to one build.
+    pub build: u64,
+    /// What the agents' session tokens are derived from, with the instance id, the agent's name
+    /// and the build number. The fixed default makes every simulator agree on the tokens: two
+    /// `serve` processes, or one restarted.
+    pub token_seed: String,
 }
+
+/// The [`SimConfig::token_seed`] of [`SimConfig::new`].
+pub const DEFAULT_TOKEN_SEED: &str = "coder-agent-auth-sim";
 
 impl SimConfig {
     pub fn new(cloud: Cloud, agents: &[&str]) -> SimConfig {
@@ -160,20 +158,40 @@ impl SimConfig {
             azure_throttle: true,
             keep_alive: false,
             coder_cli: None,
+            gcp_jwt_lifetime: Duration::from_secs(3600),
+            build: 1,
+            token_seed: DEFAULT_TOKEN_SEED.to_string(),
+        }
+    }
+
+    /// The configured `coder_version` as (major, minor, patch); `None` for a development build
+    /// (`v0.0.0-devel`) or anything unreadable, which count as the newest.
+    fn version(&self) -> Option<(u64, u64, u64)> {
+        let v = self.coder_version.trim().trim_start_matches('v');
+        let core = v.split(['-', '+']).next().unwrap_or("");
+        let nums: Vec<u64> = core.split('.').filter_map(|p| p.parse().ok()).collect();
+        match nums.as_slice() {
+            [0, 0, 0] => None,
+            [a, b, c] => Some((*a, *b, *c)),
+            _ => None,
         }
     }
 
     /// How the configured `coder_version` answers the exchange.
     pub fn coder_behaviour(&self) -> CoderBehaviour {
-        let v = self.coder_version.trim().trim_start_matches('v');
-        let core = v.split(['-', '+']).next().unwrap_or("");
-        let nums: Vec<u64> = core.split('.').filter_map(|p| p.parse().ok()).collect();
-        match nums.as_slice() {
-            [0, 0, 0] => CoderBehaviour::Current,
-            [a, b, c] if (*a, *b, *c) < (2, 33, 0) => CoderBehaviour::IgnoresNames,
-            [a, b, c] if (*a, *b, *c) < (2, 33, 4) => CoderBehaviour::RepeatsNames,
+        match self.version() {
+            Some(v) if v < (2, 33, 0) => CoderBehaviour::IgnoresNames,
+            Some(v) if v < (2, 33, 4) => CoderBehaviour::RepeatsNames,
             _ => CoderBehaviour::Current,
         }
+    }
+
+    /// Does the agent middleware accept only the latest build's agents? From v2.10.0 on
+    /// (coder/coder#12443, "Ensure agent token is from latest build in middleware"), an earlier
+    /// build's token is refused like an unknown one (401); before, the middleware took any
+    /// build's token and the agent's connection (`/me/rpc`) answered 403.
+    pub fn agent_auth_latest_build_only(&self) -> bool {
+        !matches!(self.version(), Some(v) if v < (2, 10, 0))
     }
 
     /// Builder: add a fault.

@@ -10,6 +10,8 @@ use base64::{alphabet, Engine};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, RsaKeyPair};
 
+use crate::wire::go_quote;
+
 /// SIMULATOR-ONLY RSA-2048 key (PKCS#8 DER), made with
 /// `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -outform DER` (PKCS#1 with
 /// OpenSSL 3) and `openssl pkcs8 -topk8 -nocrypt -inform DER -outform DER`.
@@ -74,9 +76,28 @@ pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     b
 }
 
-/// A random UUID v4, formatted as Coder's session tokens are.
-pub(crate) fn uuid_v4() -> String {
-    let mut b = random_bytes(16);
+/// The session token of one agent of one workspace build, as coderd hands it out: the same on
+/// every exchange for that agent while the build is the latest, another for another agent or
+/// another build. coderd stores one `auth_token` per agent row, and a build makes new rows; the
+/// simulator, which keeps no database, derives it instead: SHA-256 over the simulator's seed,
+/// the instance id, the agent's name and the build number (each length-prefixed), shaped as the
+/// UUID v4 coderd's tokens are. So it is also the same in every simulator process with the same
+/// seed, across restarts and between a `serve` for metadata and one for Coder.
+pub(crate) fn agent_token(seed: &str, instance_id: &str, agent: &str, build: u64) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for field in [seed.as_bytes(), instance_id.as_bytes(), agent.as_bytes()] {
+        ctx.update(&(field.len() as u64).to_be_bytes());
+        ctx.update(field);
+    }
+    ctx.update(&build.to_be_bytes());
+    let digest = ctx.finish();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest.as_ref()[..16]);
+    uuid_string(b)
+}
+
+/// Sixteen bytes formatted as a UUID v4 (version and variant bits set), as Coder's tokens are.
+fn uuid_string(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -88,6 +109,57 @@ pub(crate) fn uuid_v4() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// The workspace owner's Git SSH key, which coderd keeps one of per user and hands to the agent
+/// (`gitsshkey.Generate`, Ed25519 by default): the `authorized_keys` line and the OpenSSH private
+/// key, as `ssh.MarshalAuthorizedKey` and `pem.EncodeToMemory(ssh.MarshalPrivateKey(k, ""))`
+/// write them. Derived from `seed`: simulator-only, it opens nothing.
+pub(crate) fn git_ssh_key(seed: &str) -> (String, String) {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("coder-agent-auth-sim git ssh key\0{seed}").as_bytes(),
+    );
+    let secret = &digest.as_ref()[..32];
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(secret).expect("32-byte seed");
+    let public = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .to_vec();
+    fn string(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    let mut blob = Vec::new();
+    string(&mut blob, b"ssh-ed25519");
+    string(&mut blob, &public);
+    let authorized = format!("ssh-ed25519 {}\n", STANDARD.encode(&blob));
+    // openssh-key-v1 (PROTOCOL.key): no cipher, one key, the private section padded to 8 bytes.
+    let check = &digest.as_ref()[28..32];
+    let mut private = Vec::new();
+    private.extend_from_slice(check);
+    private.extend_from_slice(check);
+    string(&mut private, b"ssh-ed25519");
+    string(&mut private, &public);
+    string(&mut private, &[secret, &public].concat());
+    string(&mut private, b"");
+    for pad in 1..=((8 - private.len() % 8) % 8) as u8 {
+        private.push(pad);
+    }
+    let mut key = b"openssh-key-v1\0".to_vec();
+    string(&mut key, b"none");
+    string(&mut key, b"none");
+    string(&mut key, b"");
+    key.extend_from_slice(&1u32.to_be_bytes());
+    string(&mut key, &blob);
+    string(&mut key, &private);
+    let b64 = STANDARD.encode(&key);
+    let mut pem = String::from("-----BEGIN OPENSSH PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END OPENSSH PRIVATE KEY-----\n");
+    (authorized, pem)
 }
 
 /// An IMDSv2 session token (shaped like AWS's: base64 text).
@@ -140,18 +212,20 @@ pub(crate) const GCP_INSTANCE_NAME: &str = "sim-vm";
 const GCP_SUB: &str = "113520998371822040582";
 
 /// The identity token of `/instance/service-accounts/default/identity`.
+/// `exp` is `lifetime_secs` after `iat` (Google's: one hour).
 pub(crate) fn gcp_jwt(
     keys: &Keys,
     instance_id: &str,
     audience: &str,
     full: bool,
     now: u64,
+    lifetime_secs: u64,
 ) -> String {
-    let header = r#"{"alg":"RS256","kid":"sim","typ":"JWT"}"#;
+    let header = format!(r#"{{"alg":"RS256","kid":"{GCP_KEY_ID}","typ":"JWT"}}"#);
     let mut claims = serde_json::json!({
         "aud": audience,
         "azp": GCP_SUB,
-        "exp": now + 3600,
+        "exp": now + lifetime_secs,
         "iat": now,
         "iss": "https://accounts.google.com",
         "sub": GCP_SUB,
@@ -431,9 +505,51 @@ pub(crate) fn verify_aws(keys: &Keys, signature: &str, document: &str) -> Result
     Ok(instance_id)
 }
 
-/// Google's `idtoken.Validate` (audience not checked, as coderd passes ""), then the
-/// `google.compute_engine.instance_id` claim.
-pub(crate) fn verify_gcp(keys: &Keys, jwt: &str, now: u64) -> Result<String, String> {
+/// Base64 decoding as Go's `base64.RawURLEncoding.DecodeString` does it: URL alphabet, no
+/// padding (`=` is an illegal byte), `\r` and `\n` ignored, non-zero trailing bits tolerated.
+pub(crate) fn go_raw_url_b64_decode(s: &str) -> Result<Vec<u8>, String> {
+    const GO_RAW_URL: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::URL_SAFE,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+    );
+    let illegal = |at: usize| format!("illegal base64 data at input byte {at}");
+    let mut stripped = String::with_capacity(s.len());
+    let mut positions = Vec::with_capacity(s.len());
+    for (i, c) in s.char_indices() {
+        if c == '\r' || c == '\n' {
+            continue;
+        }
+        if !(c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(illegal(i));
+        }
+        stripped.push(c);
+        positions.push(i);
+    }
+    // A lone last character is a corrupt quantum, reported at its own position.
+    if stripped.len() % 4 == 1 {
+        return Err(illegal(positions[positions.len() - 1]));
+    }
+    GO_RAW_URL
+        .decode(stripped.as_bytes())
+        .map_err(|_| illegal(s.len()))
+}
+
+/// The key id of the simulator's JWT signing key (the one key in its simulated certificates).
+pub(crate) const GCP_KEY_ID: &str = "sim";
+
+/// coderd's check of a GCP identity: `GoogleTokenValidator.Validate(ctx, jwt, "")`, that is
+/// `Validator.validate` of google.golang.org/api/idtoken (idtoken/validate.go), step by step and
+/// with its errors: the segments, the header, the payload and the signature decoded, the audience
+/// not checked (coderd passes ""), then the expiry, then the signature against Google's
+/// certificates. Those are the simulator's key (`keys`), or with `None` Google's real ones, which
+/// hold no key of the simulator's. Returns the claims.
+pub(crate) fn verify_gcp(
+    keys: Option<&Keys>,
+    jwt: &str,
+    now: u64,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     let segs: Vec<&str> = jwt.split('.').collect();
     if segs.len() != 3 {
         return Err(format!(
@@ -441,47 +557,72 @@ pub(crate) fn verify_gcp(keys: &Keys, jwt: &str, now: u64) -> Result<String, Str
             segs.len()
         ));
     }
-    let decode = |s: &str| {
-        URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
-            .map_err(|e| e.to_string())
+    let dh = go_raw_url_b64_decode(segs[0])
+        .map_err(|e| format!("idtoken: unable to decode JWT header: {e}"))?;
+    let header = go_unmarshal_object(&dh, "idtoken.jwtHeader", false)
+        .map_err(|e| format!("idtoken: unable to unmarshal JWT header: {e}"))?
+        .unwrap_or_default();
+    let field = |name: &str| {
+        go_string_field(&header, name, "idtoken.jwtHeader")
+            .map_err(|e| format!("idtoken: unable to unmarshal JWT header: {e}"))
     };
-    let header: serde_json::Value = decode(segs[0])
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| format!("idtoken: unable to unmarshal JWT header: {e}"))?;
-    let claims: serde_json::Value = decode(segs[1])
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| format!("idtoken: unable to unmarshal JWT payload: {e}"))?;
-    let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
-    if now > exp {
-        return Err(format!("idtoken: token expired: now={now}, expires={exp}"));
+    let (alg, _typ, kid) = (field("alg")?, field("typ")?, field("kid")?);
+    let dp = go_raw_url_b64_decode(segs[1])
+        .map_err(|e| format!("idtoken: unable to decode JWT payload: {e}"))?;
+    let claims = go_unmarshal_object(&dp, "idtoken.Payload", false)
+        .map_err(|e| format!("idtoken: unable to unmarshal JWT payload: {e}"))?
+        .unwrap_or_default();
+    // Payload.Expires is an int64: a number with a fraction, or another type, does not fit.
+    let mut expires: i64 = 0;
+    for (k, v) in &claims {
+        if !k.eq_ignore_ascii_case("exp") {
+            continue;
+        }
+        expires = match v {
+            serde_json::Value::Null => expires,
+            serde_json::Value::Number(n) => n.as_i64().ok_or_else(|| {
+                format!("idtoken: unable to unmarshal JWT payload: json: cannot unmarshal number {n} into Go struct field Payload.exp of type int64")
+            })?,
+            other => {
+                return Err(format!(
+                    "idtoken: unable to unmarshal JWT payload: json: cannot unmarshal {} into Go struct field Payload.exp of type int64",
+                    json_kind(other)
+                ))
+            }
+        };
     }
-    let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or("");
-    if iss != "https://accounts.google.com" && iss != "accounts.google.com" {
-        return Err(format!("idtoken: token has wrong issuer: {iss:?}"));
-    }
-    let alg = header.get("alg").and_then(|v| v.as_str()).unwrap_or("");
-    if alg != "RS256" {
+    let sig = go_raw_url_b64_decode(segs[2])
+        .map_err(|e| format!("idtoken: unable to decode JWT signature: {e}"))?;
+    // idtoken/validate.go:
+    //   if now().Unix() > payload.Expires {
+    //       return nil, fmt.Errorf("idtoken: token expired: now=%v, expires=%v", now().Unix(), payload.Expires)
+    //   }
+    if now as i64 > expires {
         return Err(format!(
-            "idtoken: expected JWT signed with RS256 or ES256 but found {alg:?}"
+            "idtoken: token expired: now={now}, expires={expires}"
         ));
     }
-    let sig =
-        decode(segs[2]).map_err(|_| "idtoken: could not verify token signature".to_string())?;
-    let signing_input = &jwt[..segs[0].len() + 1 + segs[1].len()];
-    if !keys.verify(signing_input.as_bytes(), &sig) {
-        return Err("idtoken: could not verify token signature".into());
+    let no_key =
+        || "idtoken: could not find matching cert keyId for the token provided".to_string();
+    match alg.as_str() {
+        "RS256" => {
+            let keys = keys.filter(|_| kid == GCP_KEY_ID).ok_or_else(no_key)?;
+            // rsa.VerifyPKCS1v15's error, passed on as is.
+            let signing_input = &jwt[..segs[0].len() + 1 + segs[1].len()];
+            if !keys.verify(signing_input.as_bytes(), &sig) {
+                return Err("crypto/rsa: verification error".into());
+            }
+        }
+        // Checked against Google's IAP keys, none of them the simulator's.
+        "ES256" => return Err(no_key()),
+        other => {
+            return Err(format!(
+                "idtoken: expected JWT signed with RS256 or ES256 but found {}",
+                go_quote(other)
+            ))
+        }
     }
-    match claims
-        .pointer("/google/compute_engine/instance_id")
-        .and_then(|v| v.as_str())
-    {
-        Some(id) => Ok(id.to_string()),
-        None => Err(
-            "the token has no google.compute_engine.instance_id claim: request it with format=full"
-                .into(),
-        ),
-    }
+    Ok(claims)
 }
 
 /// `azureidentity.Validate`: the vmId of a validly signed attested document.

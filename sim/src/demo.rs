@@ -17,7 +17,8 @@ struct RunResult {
     stderr: String,
 }
 
-fn default_bin() -> Option<PathBuf> {
+/// Where `coder-agent-auth` is when it was built with this simulator: next to this executable.
+pub(crate) fn default_bin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     Some(
         exe.parent()?

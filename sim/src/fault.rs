@@ -1,10 +1,26 @@
-//! Faults: the first N matching requests get something other than the
-//! normal answer. The Coder faults speak coderd's own messages.
+//! Faults: the first N matching requests to one of the two servers ([`Target`]) get something
+//! other than the normal answer. The Coder faults speak coderd's own messages.
 
 use std::time::Duration;
 
-use crate::config::Target;
-use crate::{coder, http};
+use crate::wire;
+
+/// Which of the two simulated servers a request reached (or a fault applies to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Metadata,
+    Coder,
+}
+
+impl Target {
+    /// `metadata` or `coder`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Metadata => "metadata",
+            Target::Coder => "coder",
+        }
+    }
+}
 
 /// What a fault does to a request it matches. Faults apply before normal handling.
 #[derive(Clone, Debug)]
@@ -87,7 +103,7 @@ impl Fault {
         Fault::coder(
             FaultKind::Status {
                 status,
-                content_type: coder::JSON_CONTENT_TYPE.to_string(),
+                content_type: wire::JSON_CONTENT_TYPE.to_string(),
                 body: body.to_string(),
             },
             times,
@@ -133,7 +149,7 @@ impl Fault {
                     ("X-Ratelimit-Limit".into(), "512".into()),
                     ("X-Ratelimit-Remaining".into(), "0".into()),
                 ],
-                content_type: coder::JSON_CONTENT_TYPE.to_string(),
+                content_type: wire::JSON_CONTENT_TYPE.to_string(),
                 body: "{\"message\":\"You've been rate limited for sending more than 512 requests in 1m0s.\"}\n"
                     .into(),
             },
@@ -172,7 +188,7 @@ impl Fault {
 
     /// An HTML error page from a reverse proxy in front of Coder (nginx style).
     pub fn coder_html(status: u16, times: usize) -> Fault {
-        let reason = http::reason(status);
+        let reason = wire::reason(status);
         Fault::coder(
             FaultKind::Status {
                 status,

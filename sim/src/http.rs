@@ -3,16 +3,20 @@
 //! Python's `http.server` does). Hand-rolled so that faults (resets, trickles, truncations,
 //! hangs) can be injected at the byte level.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{coder, metadata, FaultKind, Recorded, Shared, Target, INSTANCE_ID_PLACEHOLDER};
+use crate::fault::{FaultKind, Target, INSTANCE_ID_PLACEHOLDER};
+use crate::state::{Recorded, Shared};
+use crate::wire::{find_header, query_param, reason, JSON_CONTENT_TYPE};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -40,51 +44,6 @@ impl Request {
     pub fn query_param(&self, name: &str) -> Option<String> {
         query_param(&self.query, name)
     }
-}
-
-pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The first value of a query parameter, percent-decoded.
-pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(kv), String::new()),
-        })
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
 }
 
 /// A response to send.
@@ -144,38 +103,13 @@ pub(crate) enum Outcome {
     Hang,
 }
 
+/// The handler that answers every request (the router in `server.rs`): this module only moves
+/// bytes and applies faults.
+pub(crate) type Handler = fn(&Shared, Target, &Request) -> Outcome;
+
 impl From<Response> for Outcome {
     fn from(r: Response) -> Outcome {
         Outcome::Respond(r)
-    }
-}
-
-pub(crate) fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        307 => "Temporary Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Unknown",
     }
 }
 
@@ -377,51 +311,58 @@ async fn read_request<S: Conn>(s: &mut S, buf: &mut Vec<u8>) -> Result<Request, 
     })
 }
 
+/// Accept and serve connections until `stop` completes; then close the listening socket (new
+/// connections are refused) and every connection it accepted, as a process that exits does.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     target: Target,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
+    handle: Handler,
+    stop: impl Future<Output = ()>,
 ) {
+    // Each connection ends when this is dropped (its `changed()` then fails).
+    let (open_tx, open_rx) = watch::channel(());
+    tokio::pin!(stop);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(_) => {
-                // Out of file descriptors or similar: back off a little.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(_) => {
+                    // Out of file descriptors or similar: back off a little.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
         };
         if !shared.cfg.keep_alive {
             let _ = stream.set_nodelay(true);
         }
         let shared = shared.clone();
         let tls = tls.clone();
+        let mut open = open_rx.clone();
         tokio::spawn(async move {
-            match tls {
-                Some(acceptor) => {
-                    if let Ok(Ok(s)) = timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        serve_conn(s, peer, target, shared).await;
+            let serve = async move {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(Ok(s)) =
+                            timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            serve_conn(s, peer, target, shared, handle).await;
+                        }
                     }
+                    None => serve_conn(stream, peer, target, shared, handle).await,
                 }
-                None => serve_conn(stream, peer, target, shared).await,
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = open.changed() => {}
             }
         });
     }
-}
-
-fn handle(shared: &Shared, target: Target, req: &Request) -> Outcome {
-    match target {
-        Target::Metadata => metadata::handle(shared, req),
-        // coderd's root middleware puts its version on every answer.
-        Target::Coder => match coder::handle(shared, req) {
-            Outcome::Respond(r) => r
-                .with_header("X-Coder-Build-Version", shared.cfg.coder_version.clone())
-                .into(),
-            other => other,
-        },
-    }
+    drop(listener);
+    drop(open_tx);
 }
 
 async fn finish<S: Conn>(s: &mut S) {
@@ -456,7 +397,13 @@ fn wants_close(req: &Request) -> bool {
         || (req.http10 && !conn.split(',').any(|t| t.trim() == "keep-alive"))
 }
 
-async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared: Arc<Shared>) {
+async fn serve_conn<S: Conn>(
+    mut s: S,
+    peer: SocketAddr,
+    target: Target,
+    shared: Arc<Shared>,
+    handle: Handler,
+) {
     let mut buf = Vec::new();
     loop {
         let req = match timeout(READ_TIMEOUT, read_request(&mut s, &mut buf)).await {
@@ -468,6 +415,9 @@ async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared:
             Ok(Err(ReadError::Close)) | Err(_) => return,
         };
         shared.record(Recorded {
+            // Stamped by `record`.
+            received: shared.started,
+            since_start: Duration::ZERO,
             target,
             method: req.method.clone(),
             path: req.path.clone(),
@@ -493,7 +443,7 @@ async fn serve_conn<S: Conn>(mut s: S, peer: SocketAddr, target: Target, shared:
                 Outcome::Hang => return hang().await,
             }
         }
-        return answer_and_close(s, &shared, target, &req, fault).await;
+        return answer_and_close(s, &shared, target, &req, fault, handle).await;
     }
 }
 
@@ -504,6 +454,7 @@ async fn answer_and_close<S: Conn>(
     target: Target,
     req: &Request,
     fault: Option<FaultKind>,
+    handle: Handler,
 ) {
     let normal = |shared: &Shared| handle(shared, target, req);
     match fault {
@@ -559,7 +510,7 @@ async fn answer_and_close<S: Conn>(
                     // 64 bytes (an agent name's length in Coder's database).
                     answer["agent_names"] = echoed_names(&req.body).into();
                 }
-                Response::new(status, coder::JSON_CONTENT_TYPE, answer.to_string())
+                Response::new(status, JSON_CONTENT_TYPE, answer.to_string())
             };
             send(&mut s, &resp).await;
         }
@@ -637,20 +588,6 @@ fn echoed_names(body: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_params_decode() {
-        let q = "audience=https%3A%2F%2Fcoder.example&format=full&x=a+b&flag";
-        assert_eq!(
-            query_param(q, "audience").as_deref(),
-            Some("https://coder.example")
-        );
-        assert_eq!(query_param(q, "format").as_deref(), Some("full"));
-        assert_eq!(query_param(q, "x").as_deref(), Some("a b"));
-        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
-        assert_eq!(query_param(q, "missing"), None);
-        assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
-    }
 
     #[test]
     fn chunked_bodies_decode() {

@@ -9,6 +9,13 @@
 //! Everything the simulator signs is signed with a simulator-only RSA key (`src/sim_key.pk8`)
 //! that protects nothing.
 
+//!
+//! Modules import one another in one direction only (no file imports another that imports it,
+//! directly or through others): `wire` imports nothing of the simulator; `crypto` and `fault`
+//! import `wire`; `config` imports `fault`; `state` the four of them; `http` moves bytes and
+//! applies faults; `metadata` and `coder` answer requests; `server` routes requests to them and
+//! runs everything.
+
 mod coder;
 mod config;
 mod crypto;
@@ -18,12 +25,14 @@ mod metadata;
 mod server;
 mod state;
 mod tls;
+mod wire;
 
-pub use config::{CertKind, Cloud, CoderBehaviour, SimConfig, Target, CURRENT_CODER_VERSION};
-pub use fault::{Fault, FaultKind, INSTANCE_ID_PLACEHOLDER};
-pub use server::{serve_blocking, Sim};
+pub use config::{
+    CertKind, Cloud, CoderBehaviour, SimConfig, CURRENT_CODER_VERSION, DEFAULT_TOKEN_SEED,
+};
+pub use fault::{Fault, FaultKind, Target, INSTANCE_ID_PLACEHOLDER};
+pub use server::{serve_blocking, ServeEvent, Sim};
 pub use state::Recorded;
-pub(crate) use state::{lock, Shared};
 
 #[cfg(test)]
 mod tests;

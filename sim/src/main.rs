@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use coder_agent_auth_sim::{serve_blocking, Cloud, Fault, FaultKind, Sim, SimConfig};
+use coder_agent_auth_sim::{serve_blocking, Cloud, Fault, FaultKind, ServeEvent, Sim, SimConfig};
 
 mod demo;
 
@@ -27,6 +27,17 @@ struct Cli {
 enum Command {
     /// Serve one cloud's metadata service and a Coder server until SIGTERM or SIGINT, and print
     /// the `export` lines that point coder-agent-auth at them (--json: one JSON line).
+    ///
+    /// While it runs, signals change what it plays; each change is said on stderr, and
+    /// --ready-file is written again.
+    ///
+    /// SIGHUP (kill -HUP PID) rebuilds the workspace: new agents with new tokens under the same
+    /// instance id and names, the build number one higher; the old tokens are refused from then
+    /// on.
+    ///
+    /// SIGUSR1 (kill -USR1 PID) takes Coder down, as a restarting coderd: its port refuses
+    /// connections and its open connections close. The next SIGUSR1 brings it back on the same
+    /// port.
     Serve(Box<ServeArgs>),
     /// Run coder-agent-auth against a simulated AWS with the agents `main` and `dev`.
     Demo(DemoArgs),
@@ -49,7 +60,8 @@ struct ServeArgs {
     /// Instance id (default: one per cloud).
     #[arg(long)]
     instance_id: Option<String>,
-    /// Once listening, write {"metadata_url":..,"coder_url":..} here (atomically).
+    /// Once listening, write {"metadata_url":..,"coder_url":..,"build":..,"tokens":{..},..} here
+    /// (atomically), and again after each change a signal makes.
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Once listening, print that JSON object as one line on stdout instead of the
@@ -95,6 +107,14 @@ struct ServeArgs {
     /// How many metadata requests --metadata-delay-ms applies to.
     #[arg(long, value_name = "N", default_value_t = 0)]
     metadata_delay_times: usize,
+    /// GCP: the identity JWT's lifetime (exp - iat); Google's is 3600. Past it, the exchange gets
+    /// coderd's 401 "Invalid GCP identity." (idtoken: token expired: ...).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    gcp_jwt_lifetime: u64,
+    /// The workspace build to start at. Agents' tokens belong to a build; a simulator restarted
+    /// with the same build hands out the same tokens.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    build: u64,
 }
 
 #[derive(Args)]
@@ -119,9 +139,34 @@ fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// What `serve` prints for people: comments, then `export` lines to paste into another shell,
-/// which point coder-agent-auth at this simulator the way a user would (each cloud's own
-/// endpoint variable; Azure has none, so the generic one).
+/// The variables coder-agent-auth reads to choose a metadata endpoint (src/cloud/*.rs,
+/// src/cli.rs): the generic override, which wins over the rest, and each cloud's conventions.
+/// The `export` lines unset those they do not set, so that another simulator's lines pasted
+/// before do not win.
+const ENDPOINT_VARS: &[&str] = &[
+    "CODER_AGENT_METADATA_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_EC2_METADATA_DISABLED",
+    "GCE_METADATA_HOST",
+];
+
+/// The command to run coder-agent-auth as pasted: the binary next to this executable (where
+/// `cargo build` puts both) by its absolute path, else the bare name, for one on PATH.
+fn product_command() -> String {
+    match demo::default_bin()
+        .filter(|b| b.is_file())
+        .and_then(|b| std::path::absolute(b).ok())
+    {
+        Some(b) => demo::shell_quote(&b.display().to_string()),
+        None => "coder-agent-auth".to_string(),
+    }
+}
+
+/// What `serve` prints for people: comments (with the command to run afterwards), then the
+/// lines to paste into another shell, which point coder-agent-auth at this simulator the way a
+/// user would (each cloud's own endpoint variable; Azure has none, so the generic one) after
+/// unsetting the endpoint variables that would otherwise win.
 fn exports(sim: &Sim, ca_file: Option<&Path>) -> String {
     let cfg = sim.config();
     let (metadata_var, metadata_value, method) = match cfg.cloud {
@@ -163,22 +208,59 @@ fn exports(sim: &Sim, ca_file: Option<&Path>) -> String {
     if let Some(ca) = ca_file {
         vars.push(("CODER_AGENT_CA_CERT", ca.display().to_string()));
     }
+    // And a CA file of an earlier simulator's lines, gone with it.
+    let unset: Vec<&str> = ENDPOINT_VARS
+        .iter()
+        .chain(["CODER_AGENT_CA_CERT"].iter())
+        .copied()
+        .filter(|v| !vars.iter().any(|(k, _)| k == v))
+        .collect();
     let mut out = format!(
-        "# coder-agent-auth-sim: a simulated {} instance ({}) with the agents: {agents}\n\
+        "# coder-agent-auth-sim: a simulated {} instance ({}) with the agents: {agents} (workspace build {})\n\
          #   metadata service: {}\n\
          #   Coder ({}): {}\n\
-         # Paste these lines into another shell, then run: coder-agent-auth{example}\n\
-         # (stop the simulator with Ctrl-C; --json prints one JSON line instead)\n",
+         # Paste these lines into another shell, then run:\n\
+         #   {}{example}\n\
+         # (kill -HUP {pid} rebuilds the workspace, kill -USR1 {pid} takes Coder down and back up;\n\
+         # Ctrl-C stops the simulator; --json prints one JSON line instead)\n",
         cfg.cloud.name(),
         sim.instance_id(),
+        sim.build(),
         sim.metadata_url(),
         cfg.coder_version,
         sim.coder_url(),
+        product_command(),
+        pid = std::process::id(),
     );
+    out.push_str(&format!("unset {}\n", unset.join(" ")));
     for (k, v) in vars {
         out.push_str(&format!("export {k}={}\n", demo::shell_quote(&v)));
     }
     out
+}
+
+/// The ready JSON (`--json`, `--ready-file`): where the servers are and what they play, with the
+/// current build and each agent's current token.
+fn ready_json(sim: &Sim) -> serde_json::Value {
+    let tokens: serde_json::Map<String, serde_json::Value> = sim
+        .current_tokens()
+        .into_iter()
+        .map(|(agent, token)| (agent, token.into()))
+        .collect();
+    serde_json::json!({
+        "metadata_url": sim.metadata_url(),
+        "metadata_host_port": sim.metadata_host_port(),
+        "coder_url": sim.coder_url(),
+        "ca_pem": sim.ca_pem(),
+        "cloud": sim.config().cloud.name(),
+        "instance_id": sim.instance_id(),
+        "agents": sim.config().agents,
+        "coder_version": sim.config().coder_version,
+        "build": sim.build(),
+        "tokens": tokens,
+        "coder_down": sim.coder_down(),
+        "pid": std::process::id(),
+    })
 }
 
 fn serve(a: ServeArgs) -> ExitCode {
@@ -199,6 +281,8 @@ fn serve(a: ServeArgs) -> ExitCode {
     cfg.coder_version = a.coder_version;
     cfg.structured_409 = a.structured_409;
     cfg.azure_throttle = !a.no_azure_throttle;
+    cfg.build = a.build;
+    cfg.gcp_jwt_lifetime = std::time::Duration::from_secs(a.gcp_jwt_lifetime);
     if let Some(path) = &a.coder_cli {
         match std::fs::read(path) {
             Ok(bytes) => cfg.coder_cli = Some(bytes),
@@ -230,17 +314,7 @@ fn serve(a: ServeArgs) -> ExitCode {
     let ca_file = ca_dir.join("ca.pem");
     let mut wrote_ca = false;
     let on_ready = |sim: &Sim| -> std::io::Result<()> {
-        let line = serde_json::json!({
-            "metadata_url": sim.metadata_url(),
-            "metadata_host_port": sim.metadata_host_port(),
-            "coder_url": sim.coder_url(),
-            "ca_pem": sim.ca_pem(),
-            "cloud": sim.config().cloud.name(),
-            "instance_id": sim.instance_id(),
-            "agents": sim.config().agents,
-            "coder_version": sim.config().coder_version,
-        })
-        .to_string();
+        let line = ready_json(sim).to_string();
         if let Some(p) = &ready_file {
             write_atomically(p, &format!("{line}\n"))?;
         }
@@ -263,12 +337,38 @@ fn serve(a: ServeArgs) -> ExitCode {
         out.write_all(text.as_bytes())?;
         out.flush()
     };
+    let on_event = |sim: &Sim, event: ServeEvent| {
+        match event {
+            ServeEvent::Rebuilt(build) => eprintln!(
+                "coder-agent-auth-sim: SIGHUP: the workspace was rebuilt: now build {build} (new agents, new tokens; the tokens of build {} are refused)",
+                build - 1
+            ),
+            ServeEvent::CoderDown => eprintln!(
+                "coder-agent-auth-sim: SIGUSR1: Coder is down: {} refuses connections (SIGUSR1 again brings it back)",
+                sim.coder_addr()
+            ),
+            ServeEvent::CoderUp => eprintln!(
+                "coder-agent-auth-sim: SIGUSR1: Coder is up again at {}",
+                sim.coder_url()
+            ),
+            ServeEvent::CoderUpFailed(why) => eprintln!(
+                "coder-agent-auth-sim: SIGUSR1: Coder stays down: cannot listen on {} again: {why}",
+                sim.coder_addr()
+            ),
+        }
+        if let Some(p) = &ready_file {
+            if let Err(e) = write_atomically(p, &format!("{}\n", ready_json(sim))) {
+                eprintln!("coder-agent-auth-sim: cannot rewrite {}: {e}", p.display());
+            }
+        }
+    };
     let served = serve_blocking(
         cfg,
         a.metadata_addr,
         a.coder_addr,
         a.request_log.as_deref(),
         on_ready,
+        on_event,
     );
     if wrote_ca {
         let _ = std::fs::remove_dir_all(&ca_dir);

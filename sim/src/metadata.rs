@@ -1,13 +1,15 @@
 //! The metadata service of the configured cloud. Other clouds' paths answer 404.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
+use crate::config::Cloud;
 use crate::crypto;
 use crate::http::{Outcome, Request, Response};
-use crate::{lock, Cloud, Shared};
+use crate::state::{lock, unix_now, Shared};
+use crate::wire;
 
 pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
     match shared.cfg.cloud {
@@ -17,18 +19,11 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Outcome {
     }
 }
 
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------- AWS
 
 /// IMDS's error page.
 fn aws_error(status: u16) -> Response {
-    let reason = crate::http::reason(status);
+    let reason = wire::reason(status);
     Response::new(
         status,
         "text/html",
@@ -157,6 +152,7 @@ fn gcp_inner(shared: &Shared, req: &Request) -> Response {
                 &audience,
                 full,
                 unix_now(),
+                cfg.gcp_jwt_lifetime.as_secs(),
             ))
         }
         "/computeMetadata/v1/instance/id" => gcp_text(&cfg.instance_id),

@@ -10,12 +10,14 @@ use rcgen::{
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::CertKind;
+
 pub(crate) struct TlsMaterial {
     pub ca_pem: String,
     pub acceptor: TlsAcceptor,
 }
 
-pub(crate) fn make(kind: crate::CertKind) -> Result<TlsMaterial, String> {
+pub(crate) fn make(kind: CertKind) -> Result<TlsMaterial, String> {
     let e = |what: &str, err: &dyn std::fmt::Display| format!("{what}: {err}");
     let ca_key = KeyPair::generate().map_err(|x| e("CA key", &x))?;
     let mut ca_params =
@@ -33,7 +35,7 @@ pub(crate) fn make(kind: crate::CertKind) -> Result<TlsMaterial, String> {
 
     let leaf_key = KeyPair::generate().map_err(|x| e("leaf key", &x))?;
     let names = match kind {
-        crate::CertKind::WrongHost => vec!["wrong.example".to_string()],
+        CertKind::WrongHost => vec!["wrong.example".to_string()],
         _ => vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
@@ -41,7 +43,7 @@ pub(crate) fn make(kind: crate::CertKind) -> Result<TlsMaterial, String> {
         ],
     };
     let mut leaf_params = CertificateParams::new(names).map_err(|x| e("leaf params", &x))?;
-    if kind == crate::CertKind::Expired {
+    if kind == CertKind::Expired {
         leaf_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         leaf_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     }
