@@ -228,7 +228,7 @@ impl Site {
         // A fresh identity for every attempt (1 IMDSv2 token PUT, reused, then 2 GETs an
         // attempt), every one of them straight to the metadata service: none reached the proxy
         // (the proxy's lines are checked below).
-        if md < 3 || (md - 1) % 2 != 0 {
+        if md < 3 || !(md - 1).is_multiple_of(2) {
             wrong.push(format!(
                 "metadata did not go direct ({md} requests reached it; want 1 + 2 per attempt)"
             ));

@@ -21,3 +21,4 @@ mod messages;
 mod paths;
 mod proxy;
 mod sink;
+mod watch;
