@@ -3,8 +3,11 @@
 
 For each FILE: it is #cloud-config YAML; it writes /etc/coder-agent-auth/{main,dev}.env with
 CODER_AGENT_URL and the cloud's CODER_AGENT_AUTH; it writes an executable script into
-/var/lib/cloud/scripts/per-boot/ (run at EVERY boot) that starts coder-agent@main and
-coder-agent@dev; that script passes `sh -n`; it has no runcmd doing the per-boot work.
+/var/lib/cloud/scripts/per-boot/ (run at EVERY boot) that enables and starts coder-agent@main and
+coder-agent@dev (coder-agent-watch@ on systemd older than 247), installs the .deb or the .rpm
+only after checking it against a pinned SHA-256 (one for each of the four packages), and
+upgrades when VERSION changes; that script passes `sh -n`; it has no runcmd doing the per-boot
+work.
 
 Run it with Debian's python3 (/usr/bin/python3), which has PyYAML as a cloud-init dependency.
 Usage: /usr/bin/python3 packaging/check_cloud_init.py [FILE...]
@@ -41,8 +44,18 @@ def check(path):
     body = script["content"]
     assert body.startswith("#!/bin/sh\n"), "the per-boot script has no #!/bin/sh"
     assert re.search(r'^AGENTS="main dev"$', body, re.M), "the script does not start main and dev"
-    assert 'systemctl restart --no-block "coder-agent@$name.service"' in body, "no coder-agent@NAME start"
-    assert re.search(r"apt-get install -y .*coder-agent-auth\.deb", body), "the script does not install the .deb"
+    assert 'systemctl enable "$unit@$name.service"' in body, "no coder-agent@NAME enable"
+    assert 'systemctl start --no-block "$unit@$name.service"' in body, "no coder-agent@NAME start"
+    assert re.search(r"then unit=coder-agent; else unit=coder-agent-watch; fi", body), "no unit choice by systemd version"
+    for var in ("SHA256_DEB_AMD64", "SHA256_DEB_ARM64", "SHA256_RPM_X86_64", "SHA256_RPM_AARCH64"):
+        assert re.search(rf'^{var}="', body, re.M), f"no pinned {var}"
+    assert 'sha256sum -c --status' in body, "downloads are not checked against their SHA-256"
+    # Every install is preceded by the check of what was downloaded.
+    for install in (r'apt-get install -y -o DPkg::Lock::Timeout=300 "\$tmp/\$pkg"', r'dnf install -y "\$tmp/\$pkg"'):
+        m = re.search(install, body)
+        assert m, f"no install matching {install}"
+        assert body.rfind('verified "$tmp/$pkg" "$sum"', 0, m.start()) != -1, f"{install}: not verified first"
+    assert "!= \"$VERSION-1\"" in body, "no upgrade when VERSION changes"
     assert "runcmd" not in doc, "runcmd runs once per instance; the per-boot script does the work"
     with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
         f.write(body)
