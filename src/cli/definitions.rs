@@ -15,7 +15,7 @@ pub const DEFAULT_TIMEOUT: &str = "5m";
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  success: the token was stored (with -- COMMAND: COMMAND started, and the exit code is then its own)
+  0  success: the token was stored (with -- COMMAND and no --watch: COMMAND started, and the exit code is then its own)
   1  unexpected internal error
   2  usage or configuration error, including a --token-file that is not a regular file or lies in a directory other users can write (nothing was sent)
   3  ambiguous: several agents share this instance; the names are printed on stdout
@@ -25,7 +25,25 @@ Exit codes:
   7  the token could not be stored (permission denied, read-only or full filesystem)
   126  the token was issued, but COMMAND could not be executed
   127  the token was issued, but COMMAND was not found (it was removed after the check)
-  129/130/143  interrupted by SIGHUP/SIGINT/SIGTERM (no token file is left behind)
+  129/130/143  interrupted by SIGHUP/SIGINT/SIGTERM before a token was stored (no token file is left behind); with --watch, stopped by SIGINT/SIGTERM after the first token (passed on to COMMAND first)
+
+Keeping the token current:
+  A token belongs to one workspace build. A rebuild while the VM runs (coder update, a start
+  that does not recreate the VM) makes new agents with new tokens, and coder agent --auth token
+  never reads its token again. With --watch DURATION the process stays after the first token,
+  exchanges again about every DURATION (each wait drawn between half and one and a half times
+  it) and at once on SIGHUP, and hands a changed token on: into the token file (atomically, then
+  --on-change), or to -- COMMAND, which it restarts with it. A check that fails stops nothing:
+  the current token and COMMAND stay, and the check is retried with a backoff capped at
+  DURATION. The exit codes above hold until the first token.
+
+Compared with Coder's own agent:
+  coder agent --auth <cloud>-instance-identity --agent-name NAME (Coder v2.33 or later)
+  exchanges again on every reconnect and so heals by itself, but it retries every
+  error forever without a word (a wrong name or a 409 never shows), a coderd restart makes every
+  agent exchange at once, and a server older than v2.33 ignores the name. This tool says what
+  failed and how to fix it, spreads its checks, refuses servers that ignore names, and keeps the
+  agent on --auth token (its subprocesses never exchange). See the README.
 
 Proxies:
   The requests to Coder (never those to the metadata service) go through HTTPS_PROXY or
@@ -36,8 +54,9 @@ Proxies:
 
 Examples:
   coder-agent-auth --url https://coder.example.com --auth aws --agent-name main
-  coder-agent-auth --auth gcp --token-file - | my-tool
-  coder-agent-auth --agent-name dev -- coder agent";
+  coder-agent-auth --agent-name main --watch 10m --on-change 'systemctl --no-block try-restart coder-agent@main'
+  coder-agent-auth --agent-name dev --watch 10m -- coder agent
+  coder-agent-auth --auth gcp --token-file - | my-tool";
 
 #[derive(Debug, Parser)]
 #[command(

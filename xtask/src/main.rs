@@ -189,8 +189,10 @@ fn roff_escape(text: &str) -> String {
     }
 }
 
-/// Renders an after-help made of "Exit codes:" (lines "  CODE  meaning"), "Proxies:" (a
-/// paragraph) and "Examples:" (one command per line) blocks. `None` when the text has another shape.
+/// Renders an after-help made of "Exit codes:" (lines "  CODE  meaning"), "Examples:" (one
+/// command per line), "Proxies:" (the ENVIRONMENT section) and other headed paragraphs ("Some
+/// heading:" then indented lines, rendered as a section of that name). `None` when the text
+/// has another shape.
 fn after_help_sections(text: &str) -> Option<String> {
     let mut roff = String::new();
     let mut block: Option<&str> = None;
@@ -204,7 +206,13 @@ fn after_help_sections(text: &str) -> Option<String> {
                 "Exit codes:" => roff.push_str(".SH \"EXIT STATUS\"\n"),
                 "Proxies:" => roff.push_str(".SH ENVIRONMENT\n.PP\n"),
                 "Examples:" => roff.push_str(".SH EXAMPLES\n"),
-                _ => return None,
+                heading => {
+                    let name = heading.strip_suffix(':')?;
+                    roff.push_str(&format!(
+                        ".SH \"{}\"\n.PP\n",
+                        roff_escape(&name.to_uppercase()).replace('"', "")
+                    ));
+                }
             }
             block = Some(trimmed);
             continue;
@@ -218,14 +226,14 @@ fn after_help_sections(text: &str) -> Option<String> {
                     roff_escape(meaning.trim())
                 ));
             }
-            "Proxies:" => {
-                roff.push_str(&roff_escape(trimmed));
-                roff.push('\n');
-            }
-            _ => roff.push_str(&format!(
+            "Examples:" => roff.push_str(&format!(
                 ".PP\n.nf\n.RS 4\n{}\n.RE\n.fi\n",
                 roff_escape(trimmed)
             )),
+            _ => {
+                roff.push_str(&roff_escape(trimmed));
+                roff.push('\n');
+            }
         }
     }
     Some(roff)
