@@ -1,7 +1,8 @@
 //! The metadata side shared by every run: where each cloud's service is, the
 //! client that talks to it, the DMI files, and which cloud this is.
 
-use crate::cloud::{Cloud, Endpoints, Fetcher, MetadataClient, ProcessEnv, REGISTRY};
+use crate::cloud::registry::{auth_methods, REGISTRY};
+use crate::cloud::{Cloud, Endpoints, Fetcher, MetadataClient, ProcessEnv};
 use crate::config::Common;
 use crate::detect::{self, Detection, DmiSource};
 use crate::outcome::{Blame, Failure};
@@ -82,7 +83,7 @@ pub fn no_cloud(d: Option<&Detection>) -> Failure {
             .map(|c| c.display_name())
             .collect::<Vec<_>>()
             .join(", "),
-        crate::cloud::auth_methods()
+        auth_methods()
     ))
 }
 

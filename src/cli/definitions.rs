@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
 
-use crate::cloud::auth_spellings;
+use crate::cloud::registry::auth_spellings;
 use crate::config::LogFormat;
 
 /// Default total deadline for retrying transient failures.

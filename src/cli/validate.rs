@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::definitions::{Cli, CommonArgs, ExchangeArgs, Sub};
-use crate::cloud::{self, Cloud};
+use crate::cloud::{registry, Cloud};
 use crate::coder::headers::Headers;
 use crate::config::{default_token_path, Common, Config, LogConfig, Mode, TokenTarget, WATCH_MIN};
 
@@ -258,13 +258,13 @@ pub fn parse_auth(raw: &str) -> Result<Option<Cloud>, String> {
         return Err(format!(
             "--auth token needs no exchange: with token auth, `coder agent` reads CODER_AGENT_TOKEN or \
              CODER_AGENT_TOKEN_FILE directly. Use {} here",
-            cloud::auth_methods()
+            registry::auth_methods()
         ));
     }
     Cloud::from_auth(raw).map(Some).ok_or_else(|| {
         format!(
             "unknown --auth / CODER_AGENT_AUTH value {raw:?}: use auto, {}",
-            cloud::auth_spellings()
+            registry::auth_spellings()
         )
     })
 }

@@ -83,8 +83,9 @@ impl Fetcher for ExampleFetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::registry::REGISTRY;
     use crate::cloud::test_env::env;
-    use crate::cloud::{Cloud, Endpoints, REGISTRY};
+    use crate::cloud::{Cloud, Endpoints};
     use crate::detect::{detect_dmi, DmiSource};
     use std::io::{Read, Write};
 
@@ -119,7 +120,8 @@ mod tests {
         // The Coder request.
         let id = Identity::new(c, vec![Field::secret("token", "t0k")]);
         let body: Value =
-            serde_json::from_slice(&crate::coder::request_body(&id, Some("main"))).unwrap();
+            serde_json::from_slice(&crate::coder::request::request_body(&id, Some("main")))
+                .unwrap();
         assert_eq!(body, json!({"token": "t0k", "agent_name": "main"}));
         let url = crate::coder::endpoint(&Url::parse("https://coder.example.com/x/").unwrap(), &id);
         assert_eq!(

@@ -3,7 +3,7 @@
 //!
 //! The rest of the program reaches a cloud only through a [`Cloud`] (a handle
 //! on its provider) and the [`Identity`] it fetched. A fourth cloud is one new
-//! file here plus one line in [`REGISTRY`] (see ARCHITECTURE.md).
+//! file here plus one line in [`registry::REGISTRY`] (see ARCHITECTURE.md).
 
 pub mod aws;
 pub mod azure;
@@ -11,6 +11,7 @@ pub mod azure;
 mod example;
 pub mod gcp;
 pub mod http;
+pub mod registry;
 
 use std::fmt;
 use std::future::Future;
@@ -22,9 +23,6 @@ use serde_json::Value;
 pub use http::{Cause, MetaResponse, MetadataClient, MetadataError};
 
 use crate::secret::Secret;
-
-/// Every cloud this build knows, in detection order (cloud-init's: Azure, GCP, AWS).
-pub const REGISTRY: &[Cloud] = &[Cloud(&azure::Azure), Cloud(&gcp::Gcp), Cloud(&aws::Aws)];
 
 /// The link-local metadata address that AWS, GCP and Azure share.
 pub const LINK_LOCAL: &str = "http://169.254.169.254";
@@ -108,11 +106,8 @@ pub struct Setting {
 pub struct Cloud(&'static dyn Provider);
 
 impl Cloud {
-    /// Find a cloud by `--auth` spelling: its auth method, id or an alias (any case).
-    pub fn from_auth(raw: &str) -> Option<Cloud> {
-        Self::from_auth_in(REGISTRY, raw)
-    }
-
+    /// Find a cloud of `registry` by `--auth` spelling: its auth method, id or an
+    /// alias (any case).
     fn from_auth_in(registry: &[Cloud], raw: &str) -> Option<Cloud> {
         registry.iter().copied().find(|c| {
             raw.eq_ignore_ascii_case(c.auth_method())
@@ -183,29 +178,6 @@ impl serde::Serialize for Cloud {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.id())
     }
-}
-
-/// `a|b|c` of every auth method, for help and error messages.
-pub fn auth_methods() -> String {
-    REGISTRY
-        .iter()
-        .map(|c| c.auth_method())
-        .collect::<Vec<_>>()
-        .join("|")
-}
-
-/// Every cloud's method with its short spellings, e.g. `aws-instance-identity (aws)`.
-pub fn auth_spellings() -> String {
-    REGISTRY
-        .iter()
-        .map(|c| {
-            let short: Vec<&str> = std::iter::once(c.id())
-                .chain(c.aliases().iter().copied())
-                .collect();
-            format!("{} ({})", c.auth_method(), short.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// One field of the JSON body posted to Coder.
@@ -332,13 +304,10 @@ impl Site {
 pub struct Endpoints(Vec<Site>);
 
 impl Endpoints {
-    /// Resolve every cloud's endpoint: the generic override (`--metadata-endpoint`)
-    /// first, then the cloud's own convention, then its real address. A malformed
-    /// convention variable is a usage error even on another cloud, so it is found early.
-    pub fn resolve(generic: Option<&Url>, env: &dyn Env) -> Result<Self, String> {
-        Self::resolve_in(REGISTRY, generic, env)
-    }
-
+    /// Resolve the endpoint of every cloud of `registry`: the generic override
+    /// (`--metadata-endpoint`) first, then the cloud's own convention, then its
+    /// real address. A malformed convention variable is a usage error even on
+    /// another cloud, so it is found early.
     fn resolve_in(
         registry: &[Cloud],
         generic: Option<&Url>,
@@ -403,101 +372,5 @@ pub(crate) mod test_env {
     }
     pub fn env(pairs: &[(&'static str, &'static str)]) -> MapEnv {
         MapEnv(pairs.iter().copied().collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::test_env::env;
-    use super::*;
-
-    fn base(e: &Endpoints, id: &str) -> String {
-        let c = REGISTRY.iter().find(|c| c.id() == id).unwrap();
-        e.site(*c).base.to_string()
-    }
-
-    #[test]
-    fn real_addresses_by_default() {
-        let e = Endpoints::resolve(None, &env(&[])).unwrap();
-        assert_eq!(base(&e, "aws"), "http://169.254.169.254/");
-        assert_eq!(base(&e, "gcp"), "http://metadata.google.internal/");
-        assert_eq!(base(&e, "azure"), "http://169.254.169.254/");
-        assert!(e.sites().iter().all(|s| s.disabled_by.is_none()));
-    }
-
-    #[test]
-    fn per_cloud_conventions() {
-        let e = Endpoints::resolve(
-            None,
-            &env(&[
-                ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv6"),
-                ("GCE_METADATA_HOST", "127.0.0.1:8080"),
-                ("AWS_EC2_METADATA_DISABLED", "TRUE"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(base(&e, "aws"), "http://[fd00:ec2::254]/");
-        assert_eq!(base(&e, "gcp"), "http://127.0.0.1:8080/");
-        let aws = e.sites().iter().find(|s| s.cloud.id() == "aws").unwrap();
-        assert!(aws.disabled_by.is_some());
-        let e = Endpoints::resolve(
-            None,
-            &env(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://10.0.0.1:1338")]),
-        )
-        .unwrap();
-        assert_eq!(base(&e, "aws"), "http://10.0.0.1:1338/");
-    }
-
-    #[test]
-    fn generic_override_wins() {
-        let g = Url::parse("http://127.0.0.1:9").unwrap();
-        let e = Endpoints::resolve(
-            Some(&g),
-            &env(&[
-                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://10.0.0.1"),
-                ("GCE_METADATA_HOST", "x:1"),
-            ]),
-        )
-        .unwrap();
-        for s in e.sites() {
-            assert_eq!(s.base, g);
-        }
-    }
-
-    #[test]
-    fn bad_mode_is_an_error() {
-        assert!(Endpoints::resolve(
-            None,
-            &env(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "v7")])
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn auth_spellings_find_their_cloud() {
-        let id = |raw: &str| Cloud::from_auth(raw).map(|c| c.id());
-        assert_eq!(id("aws-instance-identity"), Some("aws"));
-        assert_eq!(id("AWS"), Some("aws"));
-        assert_eq!(id("gcp"), Some("gcp"));
-        assert_eq!(id("google"), Some("gcp"));
-        assert_eq!(id("google-instance-identity"), Some("gcp"));
-        assert_eq!(id("azure"), Some("azure"));
-        assert_eq!(id("azure-instance-identity"), Some("azure"));
-        assert_eq!(id("oracle"), None);
-    }
-
-    #[test]
-    fn every_provider_is_distinct_and_complete() {
-        let mut ids = std::collections::HashSet::new();
-        for c in REGISTRY {
-            assert!(ids.insert(c.id()), "duplicate id {}", c.id());
-            assert_eq!(
-                c.coder_path(),
-                format!("/api/v2/workspaceagents/{}", c.auth_method())
-            );
-            assert!(c.auth_method().ends_with("-instance-identity"));
-            assert!(!c.dmi_signals().is_empty());
-            assert!(c.probe().path.starts_with('/'));
-        }
     }
 }

@@ -11,8 +11,8 @@ use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, Url};
 
 use super::answer::{classify, parse_retry_after, Answer};
+use super::request::{endpoint, request_body};
 use super::version::{self, Version};
-use super::{endpoint, request_body};
 use crate::cloud::Identity;
 use crate::coder::headers::Headers;
 use crate::coder::proxy::Route;
