@@ -9,7 +9,8 @@
 # loopback for AWS, GCP and Azure, and for AWS also bench/two-segment-imds.py (a metadata server
 # on Python's http.server: keep-alive, each answer in two segments), and prints one table; the
 # same table goes to bench/RESULTS.md.
-# Fails (exit 1) if any run fails: every exchange must exit 0 and store a fresh UUID-shaped token.
+# Fails (exit 1) if any run fails: every exchange must exit 0 and store the simulator's token for
+# the agent (one per agent and workspace build, as coderd issues them).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
