@@ -631,3 +631,27 @@ fn tokens_go_to_stdout_one_line_per_change() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_server_replaced_by_one_that_ignores_names_is_refused_while_resident() {
+    // A rollback (or a replica of a rolling upgrade) to a coderd before v2.33 while the
+    // watcher runs: it would hand back some agent's token for main. Every answer's version
+    // is checked, not only the first server's.
+    let sim = start(Cloud::Aws, &["main", "dev"]);
+    let (md_addr, coder_addr) = (sim.metadata_addr(), sim.coder_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let file = token_path(&dir, "main");
+    let w = Resident::start(watch_command(&sim, &Cloud::Aws, &file, "1s"));
+    let main_token = sim.current_token("main").unwrap();
+    wait_until(10, "the first token", || read(&file).trim() == main_token);
+    drop(sim);
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main", "dev"]);
+    cfg.coder_version = "v2.32.0".into();
+    cfg.build = 2;
+    let old = Sim::start_on(cfg, md_addr, coder_addr).expect("the same addresses again");
+    wait_until(20, "three answers of the old server", || exchanges(&old) >= 3);
+    assert_eq!(read(&file).trim(), main_token, "the file still holds main's token");
+    let r = w.stop(libc::SIGTERM);
+    assert!(r.stderr.contains("which ignores agent names"), "{}", r.stderr);
+    assert!(r.stderr.contains("neither stored nor handed on"), "{}", r.stderr);
+}

@@ -159,19 +159,17 @@ impl Exchanger {
             redactor.add(s.expose());
         }
         self.phase.set(Blame::Coder);
-        let unverified = self.name.is_some() && self.version.is_none();
         self.coder
-            .exchange(&identity, self.name.as_deref(), &redactor, unverified)
+            .exchange(&identity, self.name.as_deref(), &redactor)
             .await
     }
 
-    /// A version the answer reported, when none was known.
+    /// The version the latest answer reported (the server may change while
+    /// a resident run lives).
     fn note_version(&mut self, reported: Option<Version>, learned: &mut Learned) {
-        if self.version.is_none() {
-            if let Some(v) = reported {
-                learned.coder_version = Some(v.raw.clone());
-                self.version = Some(v);
-            }
+        if let Some(v) = reported {
+            learned.coder_version = Some(v.raw.clone());
+            self.version = Some(v);
         }
     }
 

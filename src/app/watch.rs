@@ -57,14 +57,15 @@ impl Schedule {
     }
 
     /// The k-th failure in a row waits min(interval, 5 s · 2^(k-1)), drawn in
-    /// [d/2, d); never less than the server's Retry-After.
+    /// [d/2, d); after a Retry-After of r, a wait drawn in [r, 2r): a fleet
+    /// that a rate limit turned away does not come back in one second.
     fn after_failure(&mut self, retry_after: Option<Duration>) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let doubled = BACKOFF_FIRST.saturating_mul(1u32 << (self.failures - 1).min(20));
         let d = doubled.min(self.interval);
         let wait = d / 2 + jitter(d / 2);
         match retry_after {
-            Some(r) => wait.max(r + jitter(r / 10 + Duration::from_millis(100))),
+            Some(r) => wait.max(r + jitter(r + Duration::from_millis(100))),
             None => wait,
         }
     }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
@@ -153,8 +153,10 @@ struct AwsFetcher {
     client: MetadataClient,
     base: Url,
     v1: AtomicBool,
-    /// The IMDSv2 token and when it was issued: reused while it is valid.
-    token: Mutex<Option<(Secret, Instant)>>,
+    /// The IMDSv2 token and when it was issued (by the monotonic clock, which
+    /// stops while the VM is suspended, and by the wall clock, which does not):
+    /// reused while both say it is valid.
+    token: Mutex<Option<(Secret, Instant, SystemTime)>>,
 }
 
 /// An IMDSv2 token is reused for this long: its TTL (21600 s) less 5 minutes.
@@ -177,8 +179,10 @@ impl AwsFetcher {
     fn reusable_token(&self) -> Option<Secret> {
         let held = self.token.lock().unwrap_or_else(|e| e.into_inner());
         held.as_ref()
-            .filter(|(_, at)| at.elapsed() < TOKEN_REUSE)
-            .map(|(t, _)| t.clone())
+            .filter(|(_, at, wall)| {
+                at.elapsed() < TOKEN_REUSE && wall.elapsed().is_ok_and(|age| age < TOKEN_REUSE)
+            })
+            .map(|(t, _, _)| t.clone())
     }
 
     fn forget_token(&self) {
@@ -196,7 +200,7 @@ impl AwsFetcher {
             match self.put_token().await? {
                 TokenAnswer::Token(t) => {
                     *self.token.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((t.clone(), Instant::now()));
+                        Some((t.clone(), Instant::now(), SystemTime::now()));
                     Some(t)
                 }
                 TokenAnswer::Unavailable(reason) => {

@@ -218,15 +218,15 @@ impl CoderClient {
         })
     }
 
-    /// One attempt at the exchange. `unverified`: a name is sent and the
-    /// server's version is not known yet, so the version the answer reports
-    /// (`X-Coder-Build-Version`) decides whether its token may be used.
+    /// One attempt at the exchange. When a name is sent, the version the
+    /// answer reports (`X-Coder-Build-Version`) decides whether its token may
+    /// be used, on every answer: a server read earlier may since have been
+    /// replaced by an older one (a rollback, replicas of a rolling upgrade).
     pub async fn exchange(
         &self,
         identity: &Identity,
         agent_name: Option<&str>,
         redactor: &Redactor,
-        unverified: bool,
     ) -> Result<Issued, Attempt> {
         let url = endpoint(&self.base, identity);
         let mut redactor = redactor.clone();
@@ -282,7 +282,7 @@ impl CoderClient {
             other => other,
         })?;
         let version = r.build_version.as_deref().and_then(Version::parse);
-        if let (true, Some(name), Some(v)) = (unverified, agent_name, &version) {
+        if let (Some(name), Some(v)) = (agent_name, &version) {
             if !v.honours_agent_name() {
                 let (a, b, c) = version::AGENT_NAME_SINCE;
                 return Err(Attempt::Stop(Failure::Rejected(format!(
