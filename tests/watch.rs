@@ -649,9 +649,23 @@ fn a_server_replaced_by_one_that_ignores_names_is_refused_while_resident() {
     cfg.coder_version = "v2.32.0".into();
     cfg.build = 2;
     let old = Sim::start_on(cfg, md_addr, coder_addr).expect("the same addresses again");
-    wait_until(20, "three answers of the old server", || exchanges(&old) >= 3);
-    assert_eq!(read(&file).trim(), main_token, "the file still holds main's token");
+    wait_until(20, "three answers of the old server", || {
+        exchanges(&old) >= 3
+    });
+    assert_eq!(
+        read(&file).trim(),
+        main_token,
+        "the file still holds main's token"
+    );
     let r = w.stop(libc::SIGTERM);
-    assert!(r.stderr.contains("which ignores agent names"), "{}", r.stderr);
-    assert!(r.stderr.contains("neither stored nor handed on"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("which ignores agent names"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("neither stored nor handed on"),
+        "{}",
+        r.stderr
+    );
 }

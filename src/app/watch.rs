@@ -365,12 +365,18 @@ mod tests {
         s.failures = u32::MAX - 1;
         assert!(s.after_failure(None) <= Duration::from_secs(600));
         // Retry-After wins when it is longer.
-        s.failures = 0;
-        let w = s.after_failure(Some(Duration::from_secs(60)));
-        assert!(
-            w >= Duration::from_secs(60) && w < Duration::from_secs(67),
-            "{w:?}"
-        );
+        let waits: Vec<Duration> = (0..200)
+            .map(|_| {
+                s.failures = 0;
+                s.after_failure(Some(Duration::from_secs(60)))
+            })
+            .collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= Duration::from_secs(60) && *w < Duration::from_millis(120_100)));
+        // Spread over [r, 2r), not bunched a second after r (odds of a failure: 2^-199).
+        assert!(waits.iter().any(|w| *w > Duration::from_secs(90)));
+        assert!(waits.iter().any(|w| *w < Duration::from_secs(90)));
         // A short interval caps the backoff too.
         let mut short = Schedule {
             interval: Duration::from_secs(1),
