@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+use crate::common::skip::skip;
 use crate::common::*;
 
 fn is_root() -> bool {
@@ -53,7 +54,10 @@ fn mode_is_0600_under_a_permissive_umask() {
 #[test]
 fn a_read_only_filesystem_fails_with_7() {
     if !is_root() || Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("SKIPPED a_read_only_filesystem_fails_with_7: needs root and unshare(1)");
+        skip(
+            "sink::a_read_only_filesystem_fails_with_7",
+            "needs root and unshare(1)",
+        );
         return;
     }
     let sim = start(Cloud::Aws, &["main"]);
@@ -92,7 +96,7 @@ fn a_read_only_filesystem_fails_with_7() {
 #[test]
 fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_write() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        skip("sink::a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_write", "needs root to switch to the user nobody");
         return;
     }
     let sim = start(Cloud::Gcp, &["main"]);
@@ -159,7 +163,10 @@ fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_w
 #[test]
 fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        skip(
+            "sink::in_a_sticky_directory_only_ones_own_file_is_replaced",
+            "needs root to switch to the user nobody",
+        );
         return;
     }
     // Like /tmp: root's sticky world-writable directory, where a user may not
@@ -235,7 +242,10 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
 #[test]
 fn a_directory_this_user_cannot_look_into_is_named() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        skip(
+            "sink::a_directory_this_user_cannot_look_into_is_named",
+            "needs root to switch to the user nobody",
+        );
         return;
     }
     let sim = start(Cloud::Aws, &["main"]);
