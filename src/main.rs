@@ -49,7 +49,7 @@ mod tests {
     #[test]
     fn exit_codes_are_stable() {
         let code = |f: Failure| exit_code(&Err(f));
-        assert_eq!(exit_code(&Ok(Done::HandedOn)), 0);
+        assert_eq!(exit_code(&Ok(Done::Stdout)), 0);
         assert_eq!(exit_code(&Ok(Done::Stopped { signal: 15 })), 143);
         assert_eq!(exit_code(&Ok(Done::Stopped { signal: 2 })), 130);
         assert_eq!(code(Failure::Internal(anyhow::anyhow!("x"))), 1);
