@@ -37,7 +37,8 @@ fn main() {
     } else {
         finished.render_text()
     };
-    eprint!("{}", out.stderr);
+    // Under journald every line of the error carries the priority <3>.
+    eprint!("{}", coder_agent_auth::error_for_stderr(&out.stderr));
     print!("{}", out.stdout);
     std::process::exit(code);
 }
