@@ -60,14 +60,98 @@ fn a_value_starting_with_a_dash_is_explained_with_the_equals_form() {
 }
 
 #[test]
-fn an_unknown_option_gets_no_tip_to_use_double_dash() {
+fn a_typo_in_an_option_gets_the_option_and_no_tip_that_does_not_apply() {
+    for (typo, value, option) in [
+        ("--agent-nam", "main", "--agent-name"),
+        ("--agnet-name", "main", "--agent-name"),
+        ("--tokne-file", "x", "--token-file"),
+        ("--watc", "1m", "--watch"),
+    ] {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args([typo, value]);
+        let r = run(c);
+        assert_eq!(r.code, 2, "{r:?}");
+        let tips: Vec<&str> = r.stderr.lines().filter(|l| l.contains("tip:")).collect();
+        assert_eq!(
+            tips,
+            [format!("  tip: a similar argument exists: '{option}'")],
+            "{typo}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn a_typo_in_a_subcommand_gets_the_subcommand() {
+    for args in [&["detcet"][..], &["help", "detcet"][..]] {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args(args);
+        let r = run(c);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(
+            r.stderr
+                .contains("tip: a similar subcommand exists: 'detect'"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    // What the tip says runs.
     let mut c = std::process::Command::new(bin());
-    c.env_clear().args(["--agent-nam", "main"]);
+    c.env_clear().args(["detect", "--help"]);
+    assert_eq!(run(c).code, 0);
+}
+
+#[test]
+fn a_command_without_its_double_dash_gets_the_line_to_run() {
+    let sim = start(Cloud::Aws, &["dev"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "dev", "sh", "-c", "exit 42"]);
     let r = run(c);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("'--agent-name'"), "{}", r.stderr);
-    assert!(!r.stderr.contains("-- --agent-nam"), "{}", r.stderr);
-    assert!(r.stderr.contains("--option=--agent-nam"), "{}", r.stderr);
+    let want = format!(
+        "tip: to run a command after success, put `--` before it: {} --agent-name dev -- sh -c 'exit 42'",
+        bin()
+    );
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    assert!(sim.requests().is_empty(), "nothing sent");
+    // The line it gives runs the command after the exchange.
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "dev", "--token-file"])
+        .arg(token_path(&dir, "t"))
+        .args(["--", "sh", "-c", "exit 42"]);
+    let r = run(c);
+    assert_eq!(r.code, 42, "{r:?}");
+    assert_eq!(coder_requests(&sim).len(), 1);
+}
+
+#[test]
+fn command_in_help_is_only_what_follows_double_dash() {
+    let help = |args: &[&str]| {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args(args);
+        let r = run(c);
+        assert_eq!(r.code, 0, "{r:?}");
+        // Environment variable names (CODER_AGENT_HEADER_COMMAND) are names, not words.
+        r.stdout.replace("_COMMAND", "_")
+    };
+    let main = help(&["--help"]);
+    assert!(
+        main.contains("\n       coder-agent-auth <SUBCOMMAND>\n"),
+        "{main}"
+    );
+    assert!(main.contains("\nSubcommands:\n"), "{main}");
+    assert!(!main.contains("Commands:"), "{main}");
+    assert_eq!(
+        main.matches("<COMMAND>").count(),
+        main.matches("-- <COMMAND>").count(),
+        "{main}"
+    );
+    assert!(main.contains("-- COMMAND"), "{main}");
+    for sub in ["detect", "identity"] {
+        let page = help(&[sub, "--help"]);
+        assert!(!page.contains("COMMAND"), "{sub}: {page}");
+    }
 }
 
 #[test]
