@@ -538,3 +538,47 @@ fn no_color_is_honoured_even_on_a_terminal() {
         );
     }
 }
+
+/// Coder's own agent resolves `/api/v2/...` against the URL (Go's URL.Parse),
+/// which replaces the URL's path, query and fragment: so does this tool, and
+/// it says so, once, naming the path (not the query, which may hold a secret).
+#[test]
+fn a_url_with_a_path_warns_once_that_the_path_is_ignored() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    let url = format!("{}/some/prefix?key=s3cret#frag", sim.coder_url());
+    c.args(["--url", &url, "-v"]);
+    let r = exchange_with(c, &dir);
+    assert_eq!(r.code, 0, "{r:?}");
+    let warnings: Vec<&str> = r.stderr.lines().filter(|l| l.contains("ignored")).collect();
+    assert_eq!(warnings.len(), 1, "once: {}", r.stderr);
+    let w = warnings[0];
+    assert!(w.contains("WARN"), "{w}");
+    assert!(
+        w.contains(
+            "the path /some/prefix and the query (?...) and the fragment (#...) are ignored"
+        ),
+        "{w}"
+    );
+    assert!(!r.stderr.contains("s3cret"), "{}", r.stderr);
+    let requests = all_coder_requests(&sim);
+    assert!(!requests.is_empty());
+    for q in &requests {
+        assert!(q.path.starts_with("/api/v2/"), "{}", q.path);
+        assert!(q.query.is_empty(), "{}", q.query);
+    }
+    // Without a path (a bare origin, or with its trailing /), nothing to say.
+    for url in [sim.coder_url(), format!("{}/", sim.coder_url())] {
+        let mut c = command(&sim, &Cloud::Aws);
+        c.args(["--url", &url]);
+        let r = exchange_with(c, &dir);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(!r.stderr.contains("ignored"), "{url}: {}", r.stderr);
+    }
+}
+
+fn exchange_with(mut c: std::process::Command, dir: &tempfile::TempDir) -> Run {
+    c.arg("--token-file").arg(token_path(dir, "t"));
+    run(c)
+}
