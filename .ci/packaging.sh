@@ -76,6 +76,26 @@ for f in "coder-agent-auth_${VERSION}-1_amd64.deb" "coder-agent-auth_${VERSION}-
 done
 
 # ---------------------------------------------------------------------------------------------
+step "release.sh --out DIR: another directory, the same bytes, the default one left alone"
+# The boot test builds its .deb this way (tests/boot/build-deb.sh), into TARGET/boot/deb.
+bash packaging/release.sh --arch amd64 --out "$WORK/again" >"$WORK/again.log" 2>&1 ||
+    { tail -30 "$WORK/again.log"; fail "release.sh --arch amd64 --out $WORK/again"; }
+for f in "coder-agent-auth_${VERSION}-1_amd64.deb" "coder-agent-auth-${VERSION}-1.x86_64.rpm" \
+    "coder-agent-auth-${VERSION}-linux-amd64.tar.gz" coder-agent-auth-linux-amd64; do
+    cmp "$OUT/$f" "$WORK/again/$f" || fail "$f differs between two builds of the same commit"
+done
+(cd "$OUT" && sha256sum --quiet -c SHA256SUMS) || fail "release.sh --out changed $OUT"
+[ -s "$OUT/coder-agent-auth_${VERSION}-1_arm64.deb" ] || fail "release.sh --out removed the arm64 .deb from $OUT"
+# A directory that holds anything else is not the script's to empty: refused before the build.
+mkdir -p "$WORK/mine" && echo keep >"$WORK/mine/notes.txt"
+if bash packaging/release.sh --arch amd64 --out "$WORK/mine" >"$WORK/mine.log" 2>&1; then
+    fail "release.sh --out accepted a directory holding notes.txt"
+fi
+grep -q 'holds files that are not release artifacts (notes.txt' "$WORK/mine.log" || fail "$(cat "$WORK/mine.log")"
+[ "$(cat "$WORK/mine/notes.txt")" = keep ] || fail "release.sh --out touched notes.txt"
+echo "release.sh --out: $WORK/again holds the same amd64 artifacts; $OUT untouched; a foreign directory refused"
+
+# ---------------------------------------------------------------------------------------------
 step ".deb (amd64, arm64): metadata and contents"
 for arch in amd64 arm64; do
     deb="$OUT/coder-agent-auth_${VERSION}-1_$arch.deb"
