@@ -156,6 +156,16 @@ echo "version $VERSION; architectures: ${arches[*]}; output: $OUT"
 step "man pages and completions (xtask) into target/dist"
 rm -rf target/dist
 cargo run -q -p xtask -- dist target/dist >/dev/null
+# The .deb's /usr/share/doc/coder-agent-auth/changelog.Debian.gz (cargo-deb's `changelog`):
+# one entry for this version (with ~ for -, as cargo-deb and RPM_VERSION), dated by
+# SOURCE_DATE_EPOCH.
+cat >target/dist/changelog <<CHANGELOG
+coder-agent-auth (${RPM_VERSION}-1) unstable; urgency=medium
+
+  * Release $VERSION, built with packaging/release.sh.
+
+ -- coder-agent-auth developers <coder-agent-auth@example.com>  $(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")
+CHANGELOG
 
 # ---------------------------------------------------------------------------------------------
 triples=()
@@ -191,7 +201,7 @@ deb_listing() {
     dpkg-deb -c "$1" | awk '{print $1, $6}' | sed -e 's#^\([^ ]*\) \./#\1 /#' -e 's#/$##' \
         -e 's# /lib/systemd/system# /usr/lib/systemd/system#' \
         -e 's# /usr/share/zsh/vendor-completions# /usr/share/zsh/site-functions#' |
-        grep -v ' /lib$\| /lib/systemd$' | sort
+        grep -v ' /lib$\| /lib/systemd$\| /usr/share/lintian' | sort
 }
 rpm_listing() { rpm -qlvp "$1" | awk '{print $1, $9}' | sort; }
 
@@ -205,6 +215,17 @@ for a in "${arches[@]}"; do
         >"$WORK/cargo-deb-$a.log" 2>&1 || { cat "$WORK/cargo-deb-$a.log" >&2; fail "cargo deb ($a)"; }
     deb="$OUT/coder-agent-auth_${VERSION}-1_$a.deb"
     [ -f "$deb" ] || fail "cargo deb did not write $deb: $(ls "$OUT")"
+    # What cargo-deb 3.8 leaves out or gets wrong, mended with dpkg-deb: md5sums (every file
+    # the package installs, so that `dpkg --verify` and debsums check something), and an
+    # empty "Depends:" (the static binary depends on nothing: the field goes).
+    unpacked="$WORK/deb-unpacked-$a"
+    dpkg-deb -R "$deb" "$unpacked"
+    sed -i '/^Depends: *$/d' "$unpacked/DEBIAN/control"
+    (cd "$unpacked" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
+        xargs -0 md5sum --) >"$unpacked/DEBIAN/md5sums"
+    chmod 0644 "$unpacked/DEBIAN/md5sums"
+    dpkg-deb --root-owner-group -Zxz --build "$unpacked" "$deb" >/dev/null
+    [ -z "$(dpkg-deb -f "$deb" Depends)" ] || fail "$deb still depends on $(dpkg-deb -f "$deb" Depends)"
     [ "$(dpkg-deb -f "$deb" Architecture)" = "$a" ] || fail "$deb: Architecture is not $a"
 
     # .rpm, from the .deb's own files.
