@@ -102,6 +102,22 @@ fn a_typo_in_a_subcommand_gets_the_subcommand() {
 }
 
 #[test]
+fn options_before_a_subcommand_get_the_line_with_the_subcommand_first() {
+    let mut c = std::process::Command::new(bin());
+    c.env_clear().args(["--json", "identity"]);
+    let r = run(c);
+    assert_eq!(r.code, 2, "{r:?}");
+    let v = json_line(&r);
+    let m = v["message"].as_str().unwrap();
+    let want = format!(
+        "tip: a subcommand comes before its options: {} identity --json",
+        bin()
+    );
+    assert!(m.contains(&want), "{m}");
+    assert!(!m.contains("similar subcommand"), "not itself: {m}");
+}
+
+#[test]
 fn a_command_without_its_double_dash_gets_the_line_to_run() {
     let sim = start(Cloud::Aws, &["dev"]);
     let dir = tempfile::tempdir().unwrap();

@@ -65,6 +65,10 @@ fn usage_message(mut e: clap::Error, args: &[OsString]) -> String {
     } else if let Some(word) = invalid.as_deref().filter(|w| is_word(w)) {
         let unknown_subcommand = e.kind() == ErrorKind::InvalidSubcommand;
         match (similar_subcommand(word), first_word(args)) {
+            // `--json detect`: a subcommand after options, which belong after it.
+            (Some(sub), Some((at, first))) if sub == word && first == word => {
+                tips.push(subcommand_first(args, at));
+            }
             (Some(sub), Some((_, first))) if unknown_subcommand || first == word => {
                 tips.push(format!("a similar subcommand exists: '{sub}'"));
             }
@@ -136,6 +140,19 @@ fn forgotten_double_dash(args: &[OsString], at: usize) -> String {
         "to run a command after success, put `--` before it: {}",
         line.join(" ")
     )
+}
+
+/// The tip for `coder-agent-auth --json detect`: the subcommand at `at` comes
+/// first, and the options after it.
+fn subcommand_first(args: &[OsString], at: usize) -> String {
+    let quoted = |a: &OsString| shell_quote(&a.to_string_lossy());
+    let line: Vec<String> = std::iter::once(&args[0])
+        .chain(std::iter::once(&args[at]))
+        .chain(&args[1..at])
+        .chain(&args[at + 1..])
+        .map(quoted)
+        .collect();
+    format!("a subcommand comes before its options: {}", line.join(" "))
 }
 
 /// `word` as a POSIX shell reads it back: as it is when it is made of safe
@@ -261,6 +278,20 @@ mod tests {
             );
             assert!(!m.contains("put `--`"), "{typo:?}: {m}");
         }
+    }
+
+    #[test]
+    fn options_before_a_subcommand_get_the_line_with_the_subcommand_first() {
+        let (m, _) = usage(&["--json", "detect", "--auth", "aws"]);
+        assert!(
+            m.contains(
+                "tip: a subcommand comes before its options: \
+                 coder-agent-auth detect --json --auth aws"
+            ),
+            "{m}"
+        );
+        assert!(!m.contains("similar subcommand"), "{m}");
+        assert!(!m.contains("put `--`"), "{m}");
     }
 
     #[test]
