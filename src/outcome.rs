@@ -172,7 +172,7 @@ pub enum Done {
     /// A diagnostic was produced (detect, identity, dry run); see [`Finished::output`].
     Printed,
     /// A resident run (`--watch`) was stopped by this signal, after it had
-    /// handed on a token (and passed the signal on to its command).
+    /// delivered a token (and passed the signal on to its command).
     Stopped { signal: i32 },
 }
 
