@@ -140,7 +140,8 @@ done
 # overridden is justified in packaging/debian/lintian-overrides, shipped in the package.
 lint=$(lintian --fail-on error,warning --display-level '>=warning' "$OUT"/*.deb 2>&1) ||
     { echo "$lint"; fail "lintian: fix the package, or justify the tag in packaging/debian/lintian-overrides"; }
-echo "lintian ($(lintian --version)): ${lint:-no error, no warning} for $(cd "$OUT" && ls ./*.deb | tr '\n' ' ')"
+[ -z "$lint" ] || echo "$lint"
+echo "$(lintian --version): no error, no warning in $(cd "$OUT" && ls ./*.deb | tr '\n' ' ')"
 cat "$WORK/deb-amd64.txt"
 echo ".deb: $DEB, $(stat -c %s "$DEB") bytes ($(du -h "$DEB" | cut -f1))"
 
