@@ -107,10 +107,12 @@ for arch in amd64 arm64; do
     [ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] || fail "$deb: Architecture is not $arch"
     # The static binary needs no libc: the package depends on nothing, and has no Depends: field
     # (not even an empty one).
-    ! dpkg-deb -I "$deb" control | grep -q '^Depends:' ||
-        fail "$deb: $(dpkg-deb -I "$deb" control | grep '^Depends:')"
+    # (Read whole first: grep -q stopping early would give dpkg-deb a SIGPIPE under pipefail.)
+    control=$(dpkg-deb -I "$deb" control)
+    ! grep -q '^Depends:' <<<"$control" || fail "$deb: $(grep '^Depends:' <<<"$control")"
     # The synopsis is Cargo.toml's description, whole (cargo-deb breaks one over 79 characters).
-    synopsis=$(dpkg-deb -f "$deb" Description | head -1)
+    synopsis=$(dpkg-deb -f "$deb" Description)
+    synopsis=${synopsis%%$'\n'*}
     [ "$synopsis" = "$DESCRIPTION" ] || fail "$deb: synopsis '$synopsis', want '$DESCRIPTION'"
     # md5sums lists every regular file the package installs, each with its right sum.
     dpkg-deb -I "$deb" md5sums >"$WORK/md5sums-$arch" || fail "$deb has no md5sums"
