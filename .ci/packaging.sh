@@ -2,7 +2,8 @@
 # Packaging CI: systemd units, cloud-init examples, Terraform templates, man pages and
 # completions (xtask), and every release artifact built by packaging/release.sh (static musl
 # binaries for x86_64 and aarch64, .deb and .rpm for both, tarballs, SHA256SUMS), each checked:
-# the .deb installed with dpkg -i, the RPMs linted and listed (no RPM-based system can be booted
+# the .debs linted (lintian), the amd64 one installed with dpkg -i and verified (dpkg --verify),
+# the RPMs linted and listed (no RPM-based system can be booted
 # here, so their check is metadata and layout), the tarballs unpacked, and the integration
 # suite run against both shipped binaries (aarch64 under qemu-user).
 #
@@ -26,13 +27,14 @@ fail() { echo "packaging: FAILED: $*" >&2; exit 1; }
 step "tools: apt packages, python-hcl2, and packaging/release.sh's prerequisites"
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    cloud-init qemu-user qemu-user-binfmt binfmt-support file man-db rpm rpmlint >/dev/null
+    cloud-init qemu-user qemu-user-binfmt binfmt-support file man-db rpm rpmlint lintian >/dev/null
 python3 -m pip install -q --root-user-action=ignore "python-hcl2==$PYTHON_HCL2_VERSION"
 # release.sh checks and installs its own: cross gcc, musl-tools, rpm, the rust targets, cargo-deb.
 # Run it here so that its build time below is the build's alone.
 bash packaging/release.sh --install-prereqs --prereqs-only
 echo "cloud-init $(cloud-init --version 2>&1 | awk '{print $NF}'), cargo-deb $(cargo deb --version)," \
-    "$(systemd-analyze --version | head -1), $(qemu-aarch64 --version | head -1), rpmlint $(rpmlint --version)"
+    "$(systemd-analyze --version | head -1), $(qemu-aarch64 --version | head -1), rpmlint $(rpmlint --version)," \
+    "lintian $(lintian --version | awk '{print $NF}')"
 
 # ---------------------------------------------------------------------------------------------
 step "cloud-init examples: cloud-init schema, then content checks"
@@ -67,6 +69,8 @@ VERSION=$(cargo pkgid -p coder-agent-auth | sed 's/.*[#@]//')
 # Every file in the directory is covered by SHA256SUMS, and nothing else is in it.
 diff <(cd "$OUT" && LC_ALL=C ls | grep -vx SHA256SUMS) <(awk '{print $2}' "$OUT/SHA256SUMS") ||
     fail "SHA256SUMS does not list exactly the files of $OUT"
+DESCRIPTION=$(cargo metadata --format-version 1 --no-deps | python3 -c \
+    'import json,sys; print(next(p["description"] for p in json.load(sys.stdin)["packages"] if p["name"] == "coder-agent-auth"))')
 DEB="$OUT/coder-agent-auth_${VERSION}-1_amd64.deb"
 for f in "coder-agent-auth_${VERSION}-1_amd64.deb" "coder-agent-auth_${VERSION}-1_arm64.deb" \
     "coder-agent-auth-${VERSION}-1.x86_64.rpm" "coder-agent-auth-${VERSION}-1.aarch64.rpm" \
@@ -76,13 +80,42 @@ for f in "coder-agent-auth_${VERSION}-1_amd64.deb" "coder-agent-auth_${VERSION}-
 done
 
 # ---------------------------------------------------------------------------------------------
+step "release.sh --out DIR: another directory, the same bytes, the default one left alone"
+# The boot test builds its .deb this way (tests/boot/build-deb.sh), into TARGET/boot/deb.
+bash packaging/release.sh --arch amd64 --out "$WORK/again" >"$WORK/again.log" 2>&1 ||
+    { tail -30 "$WORK/again.log"; fail "release.sh --arch amd64 --out $WORK/again"; }
+for f in "coder-agent-auth_${VERSION}-1_amd64.deb" "coder-agent-auth-${VERSION}-1.x86_64.rpm" \
+    "coder-agent-auth-${VERSION}-linux-amd64.tar.gz" coder-agent-auth-linux-amd64; do
+    cmp "$OUT/$f" "$WORK/again/$f" || fail "$f differs between two builds of the same commit"
+done
+(cd "$OUT" && sha256sum --quiet -c SHA256SUMS) || fail "release.sh --out changed $OUT"
+[ -s "$OUT/coder-agent-auth_${VERSION}-1_arm64.deb" ] || fail "release.sh --out removed the arm64 .deb from $OUT"
+# A directory that holds anything else is not the script's to empty: refused before the build.
+mkdir -p "$WORK/mine" && echo keep >"$WORK/mine/notes.txt"
+if bash packaging/release.sh --arch amd64 --out "$WORK/mine" >"$WORK/mine.log" 2>&1; then
+    fail "release.sh --out accepted a directory holding notes.txt"
+fi
+grep -q 'holds files that are not release artifacts (notes.txt' "$WORK/mine.log" || fail "$(cat "$WORK/mine.log")"
+[ "$(cat "$WORK/mine/notes.txt")" = keep ] || fail "release.sh --out touched notes.txt"
+echo "release.sh --out: $WORK/again holds the same amd64 artifacts; $OUT untouched; a foreign directory refused"
+
+# ---------------------------------------------------------------------------------------------
 step ".deb (amd64, arm64): metadata and contents"
 for arch in amd64 arm64; do
     deb="$OUT/coder-agent-auth_${VERSION}-1_$arch.deb"
     dpkg-deb --info "$deb" | sed -n '/Package:/,/Description:/p'
     [ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] || fail "$deb: Architecture is not $arch"
-    # The static binary needs no libc: the package depends on nothing.
-    [ -z "$(dpkg-deb -f "$deb" Depends)" ] || fail "$deb: Depends: $(dpkg-deb -f "$deb" Depends)"
+    # The static binary needs no libc: the package depends on nothing, and has no Depends: field
+    # (not even an empty one).
+    # (Read whole first: grep -q stopping early would give dpkg-deb a SIGPIPE under pipefail.)
+    control=$(dpkg-deb -I "$deb" control)
+    ! grep -q '^Depends:' <<<"$control" || fail "$deb: $(grep '^Depends:' <<<"$control")"
+    # The synopsis is Cargo.toml's description, whole (cargo-deb breaks one over 79 characters).
+    synopsis=$(dpkg-deb -f "$deb" Description)
+    synopsis=${synopsis%%$'\n'*}
+    [ "$synopsis" = "$DESCRIPTION" ] || fail "$deb: synopsis '$synopsis', want '$DESCRIPTION'"
+    # md5sums lists every regular file the package installs, each with its right sum.
+    dpkg-deb -I "$deb" md5sums >"$WORK/md5sums-$arch" || fail "$deb has no md5sums"
     dpkg-deb -c "$deb" >"$WORK/deb-$arch.txt"
     for p in ./usr/bin/coder-agent-auth ./lib/systemd/system/coder-agent-auth@.service \
         ./lib/systemd/system/coder-agent@.service ./usr/share/man/man1/coder-agent-auth.1.gz \
@@ -97,7 +130,20 @@ for arch in amd64 arm64; do
     info=$(file "$WORK/x-$arch/usr/bin/coder-agent-auth")
     echo "$info"
     grep -Eq 'static-pie linked|statically linked' <<<"$info" || fail "$deb: the binary is not static"
+    (cd "$WORK/x-$arch" && md5sum --quiet -c "$WORK/md5sums-$arch") || fail "$deb: md5sums is wrong"
+    diff <(awk '{print $2}' "$WORK/md5sums-$arch" | sort) \
+        <(cd "$WORK/x-$arch" && find . -type f -printf '%P\n' | sort) ||
+        fail "$deb: md5sums does not list exactly the package's files"
+    for f in copyright changelog.Debian.gz; do
+        [ -s "$WORK/x-$arch/usr/share/doc/coder-agent-auth/$f" ] || fail "$deb has no /usr/share/doc/coder-agent-auth/$f"
+    done
 done
+# lintian: no error and no warning (info and pedantic notes are not failures); what is
+# overridden is justified in packaging/debian/lintian-overrides, shipped in the package.
+lint=$(lintian --fail-on error,warning --display-level '>=warning' "$OUT"/*.deb 2>&1) ||
+    { echo "$lint"; fail "lintian: fix the package, or justify the tag in packaging/debian/lintian-overrides"; }
+[ -z "$lint" ] || echo "$lint"
+echo "$(lintian --version): no error, no warning in $(cd "$OUT" && ls ./*.deb | tr '\n' ' ')"
 cat "$WORK/deb-amd64.txt"
 echo ".deb: $DEB, $(stat -c %s "$DEB") bytes ($(du -h "$DEB" | cut -f1))"
 
@@ -120,7 +166,7 @@ for arch in x86_64 aarch64; do
     done
     # Same file set as the .deb of the same architecture (release.sh also compares modes).
     deb_arch=$([ "$arch" = x86_64 ] && echo amd64 || echo arm64)
-    diff <(awk '$1 !~ /^d/ {print $NF}' "$WORK/deb-$deb_arch.txt" | sed -e 's#^\./#/#' \
+    diff <(awk '$1 !~ /^d/ {print $NF}' "$WORK/deb-$deb_arch.txt" | grep -v '^\./usr/share/lintian/' | sed -e 's#^\./#/#' \
             -e 's#^/lib/systemd#/usr/lib/systemd#' -e 's#/zsh/vendor-completions/#/zsh/site-functions/#' | sort) \
         <(rpm -qlvp "$rpmf" | awk '$1 !~ /^d/ {print $NF}' | sort) ||
         fail "$rpmf and the $deb_arch .deb do not hold the same files"
@@ -172,6 +218,15 @@ cmp "$WORK/x-arm64/usr/bin/coder-agent-auth" "$OUT/coder-agent-auth-linux-arm64"
 step "install the .deb (dpkg -i) and use it"
 dpkg -i "$DEB"
 dpkg -s coder-agent-auth | grep -E '^(Status|Version|Depends):'
+# dpkg --verify checks every installed file against md5sums: clean now, and a changed file shows.
+out=$(dpkg --verify coder-agent-auth) || fail "dpkg --verify: $out"
+[ -z "$out" ] || fail "dpkg --verify: $out"
+doc=/usr/share/doc/coder-agent-auth/README.md
+cp "$doc" "$WORK/README.md.orig" && echo changed >>"$doc"
+out=$(dpkg --verify coder-agent-auth || true)
+cp "$WORK/README.md.orig" "$doc"
+grep -q "^??5?????? *$doc\$" <<<"$out" || fail "dpkg --verify did not notice a changed $doc: $out"
+echo "dpkg --verify: $(wc -l </var/lib/dpkg/info/coder-agent-auth.md5sums) files checked"
 /usr/bin/coder-agent-auth --version
 man -w coder-agent-auth
 man -w coder-agent-auth-detect
@@ -197,6 +252,9 @@ cp -a /usr/lib/systemd "$ROOT/usr/lib/"
 ln -s usr/lib "$ROOT/lib"
 dpkg-deb -x "$DEB" "$ROOT/extract"
 cp -a "$ROOT"/extract/usr/bin "$ROOT/usr/"
+# ExecReload= runs the system's kill(1) as /bin/kill (/bin is usr/bin on a merged-/usr system).
+ln -s usr/bin "$ROOT/bin"
+cp /usr/bin/kill "$ROOT/usr/bin/kill"
 cp "$ROOT"/extract/lib/systemd/system/*.service "$ROOT/usr/lib/systemd/system/"
 printf '#!/bin/sh\necho "stub coder CLI"\n' >"$ROOT/usr/local/bin/coder"
 chmod 755 "$ROOT/usr/local/bin/coder"

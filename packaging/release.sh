@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds every release artifact of coder-agent-auth into target/release-artifacts/:
+# Builds every release artifact of coder-agent-auth into target/release-artifacts/ (or --out DIR):
 #
 #   coder-agent-auth_VERSION-1_amd64.deb        Debian, Ubuntu (x86_64)
 #   coder-agent-auth_VERSION-1_arm64.deb        Debian, Ubuntu (aarch64)
@@ -15,12 +15,17 @@
 # in): it needs no libc on the target, so it runs on any x86_64 or aarch64 Linux, old or new.
 #
 # Usage: packaging/release.sh [--install-prereqs] [--prereqs-only] [--arch all|amd64|arm64]
+#                             [--out DIR]
 #   --install-prereqs  install what is missing (apt-get, rustup, cargo install; needs root
 #                      or sudo for apt-get). Without it, the script lists what is missing
 #                      with the commands that install it, and stops.
 #   --prereqs-only     check (or with --install-prereqs, install) the prerequisites; build nothing.
-#   --arch             build one architecture only (default: all). The output directory
-#                      is emptied first either way, so it holds only this run's artifacts.
+#   --arch             build one architecture only (default: all).
+#   --out DIR          write the artifacts into DIR (default: target/release-artifacts/),
+#                      created if missing. It must hold nothing but an earlier run's artifacts
+#                      (coder-agent-auth*, SHA256SUMS), which are removed first, so that it
+#                      holds only this run's; anything else in it stops the script before
+#                      the build. Another DIR leaves target/release-artifacts/ alone.
 #
 # Build host: Debian 12 or Ubuntu 22.04+ (x86_64) with rustup. Takes a few minutes from
 # clean (two release builds with fat LTO).
@@ -32,6 +37,7 @@ APT_PACKAGES=(gcc musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross rpm bin
 install_prereqs=0
 prereqs_only=0
 arches=(amd64 arm64)
+out_arg=""
 while [ $# -gt 0 ]; do
     case $1 in
         --install-prereqs) install_prereqs=1 ;;
@@ -43,6 +49,11 @@ while [ $# -gt 0 ]; do
                 amd64 | arm64) arches=("$2") ;;
                 *) echo "release: --arch $2: want all, amd64 or arm64" >&2; exit 2 ;;
             esac
+            shift ;;
+        --out)
+            [ $# -ge 2 ] && [ -n "$2" ] || { echo "release: --out needs a directory" >&2; exit 2; }
+            # As given from the caller's directory (the script changes to the repository's).
+            out_arg=$(realpath -m -- "$2")
             shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "release: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -121,13 +132,23 @@ VERSION=$(cargo pkgid -p coder-agent-auth | sed 's/.*[#@]//')
 [ -n "$VERSION" ] || fail "cargo pkgid did not give coder-agent-auth's version"
 # RPM versions cannot hold '-'; a pre-release 1.0.0-rc.1 becomes 1.0.0~rc.1 (sorts before 1.0.0).
 RPM_VERSION=${VERSION//-/\~}
-OUT="$TARGET_DIR/release-artifacts"
+OUT=${out_arg:-$TARGET_DIR/release-artifacts}
 # Reproducible timestamps: the last commit's time, for cargo-deb, tar and rpmbuild. Exported
 # only after the cargo builds: the cc crate (ring's C) rebuilds when it changes.
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 WORK=$(mktemp -d /tmp/coder-agent-auth-release.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-rm -rf "$OUT"
+# Only an earlier run's artifacts are removed; a directory that holds anything else is not
+# this script's to empty.
+if [ -d "$OUT" ]; then
+    others=$(find "$OUT" -mindepth 1 -maxdepth 1 ! -name 'coder-agent-auth*' ! -name SHA256SUMS \
+        -printf '%f ')
+    [ -z "$others" ] || fail "--out $OUT holds files that are not release artifacts ($others); give a new or empty directory"
+    find "$OUT" -mindepth 1 -maxdepth 1 \( -name 'coder-agent-auth*' -o -name SHA256SUMS \) \
+        -exec rm -rf -- {} +
+elif [ -e "$OUT" ]; then
+    fail "--out $OUT is not a directory"
+fi
 mkdir -p "$OUT"
 echo "version $VERSION; architectures: ${arches[*]}; output: $OUT"
 
@@ -135,6 +156,16 @@ echo "version $VERSION; architectures: ${arches[*]}; output: $OUT"
 step "man pages and completions (xtask) into target/dist"
 rm -rf target/dist
 cargo run -q -p xtask -- dist target/dist >/dev/null
+# The .deb's /usr/share/doc/coder-agent-auth/changelog.Debian.gz (cargo-deb's `changelog`):
+# one entry for this version (with ~ for -, as cargo-deb and RPM_VERSION), dated by
+# SOURCE_DATE_EPOCH.
+cat >target/dist/changelog <<CHANGELOG
+coder-agent-auth (${RPM_VERSION}-1) unstable; urgency=medium
+
+  * Release $VERSION, built with packaging/release.sh.
+
+ -- coder-agent-auth developers <coder-agent-auth@example.com>  $(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")
+CHANGELOG
 
 # ---------------------------------------------------------------------------------------------
 triples=()
@@ -170,7 +201,7 @@ deb_listing() {
     dpkg-deb -c "$1" | awk '{print $1, $6}' | sed -e 's#^\([^ ]*\) \./#\1 /#' -e 's#/$##' \
         -e 's# /lib/systemd/system# /usr/lib/systemd/system#' \
         -e 's# /usr/share/zsh/vendor-completions# /usr/share/zsh/site-functions#' |
-        grep -v ' /lib$\| /lib/systemd$' | sort
+        grep -v ' /lib$\| /lib/systemd$\| /usr/share/lintian' | sort
 }
 rpm_listing() { rpm -qlvp "$1" | awk '{print $1, $9}' | sort; }
 
@@ -184,6 +215,17 @@ for a in "${arches[@]}"; do
         >"$WORK/cargo-deb-$a.log" 2>&1 || { cat "$WORK/cargo-deb-$a.log" >&2; fail "cargo deb ($a)"; }
     deb="$OUT/coder-agent-auth_${VERSION}-1_$a.deb"
     [ -f "$deb" ] || fail "cargo deb did not write $deb: $(ls "$OUT")"
+    # What cargo-deb 3.8 leaves out or gets wrong, mended with dpkg-deb: md5sums (every file
+    # the package installs, so that `dpkg --verify` and debsums check something), and an
+    # empty "Depends:" (the static binary depends on nothing: the field goes).
+    unpacked="$WORK/deb-unpacked-$a"
+    dpkg-deb -R "$deb" "$unpacked"
+    sed -i '/^Depends: *$/d' "$unpacked/DEBIAN/control"
+    (cd "$unpacked" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
+        xargs -0 md5sum --) >"$unpacked/DEBIAN/md5sums"
+    chmod 0644 "$unpacked/DEBIAN/md5sums"
+    dpkg-deb --root-owner-group -Zxz --build "$unpacked" "$deb" >/dev/null
+    [ -z "$(dpkg-deb -f "$deb" Depends)" ] || fail "$deb still depends on $(dpkg-deb -f "$deb" Depends)"
     [ "$(dpkg-deb -f "$deb" Architecture)" = "$a" ] || fail "$deb: Architecture is not $a"
 
     # .rpm, from the .deb's own files.

@@ -29,6 +29,7 @@ mod text;
 mod tls;
 
 pub use cli::Cli;
+pub use logging::error_for_stderr;
 pub use outcome::{Blame, Done, Failure, Finished, Rendered};
 
 /// The binary's entry point: parse `args` (argv, program name first) and run.

@@ -37,7 +37,8 @@ fn main() {
     } else {
         finished.render_text()
     };
-    eprint!("{}", out.stderr);
+    // Under journald every line of the error carries the priority <3>.
+    eprint!("{}", coder_agent_auth::error_for_stderr(&out.stderr));
     print!("{}", out.stdout);
     std::process::exit(code);
 }
@@ -49,7 +50,7 @@ mod tests {
     #[test]
     fn exit_codes_are_stable() {
         let code = |f: Failure| exit_code(&Err(f));
-        assert_eq!(exit_code(&Ok(Done::HandedOn)), 0);
+        assert_eq!(exit_code(&Ok(Done::Stdout)), 0);
         assert_eq!(exit_code(&Ok(Done::Stopped { signal: 15 })), 143);
         assert_eq!(exit_code(&Ok(Done::Stopped { signal: 2 })), 130);
         assert_eq!(code(Failure::Internal(anyhow::anyhow!("x"))), 1);

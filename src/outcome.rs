@@ -143,13 +143,11 @@ impl fmt::Display for Failure {
                 blame.fix()
             ),
             Failure::Interrupted { signal } => {
-                let name = match *signal {
-                    libc::SIGHUP => "SIGHUP",
-                    libc::SIGINT => "SIGINT",
-                    libc::SIGTERM => "SIGTERM",
-                    _ => "a signal",
-                };
-                write!(f, "interrupted by {name}; no token was stored")
+                write!(
+                    f,
+                    "interrupted by {}; no token was stored",
+                    signal_name(*signal)
+                )
             }
             Failure::Internal(e) => write!(f, "internal error: {e:#}"),
         }
@@ -167,13 +165,43 @@ impl From<anyhow::Error> for Failure {
 pub enum Done {
     /// The token file was written.
     Stored(PathBuf),
-    /// No file: the token went to stdout (`--token-file -`) or only to the exec'd command.
-    HandedOn,
+    /// No file: the token was written to stdout (`--token-file -`).
+    Stdout,
+    /// No file: the token went only to the command (`-- COMMAND`), in its environment.
+    Command,
     /// A diagnostic was produced (detect, identity, dry run); see [`Finished::output`].
     Printed,
     /// A resident run (`--watch`) was stopped by this signal, after it had
-    /// handed on a token (and passed the signal on to its command).
+    /// delivered a token (and passed the signal on to its command).
     Stopped { signal: i32 },
+}
+
+/// What happened, in a sentence (the `message` of `--json`).
+impl fmt::Display for Done {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Done::Stored(path) => write!(f, "the session token was stored in {}", path.display()),
+            Done::Stdout => f.write_str("the session token was written to stdout"),
+            Done::Command => {
+                f.write_str("the session token was given to the command in CODER_AGENT_TOKEN")
+            }
+            Done::Printed => f.write_str("the diagnostic was printed"),
+            Done::Stopped { signal } => write!(
+                f,
+                "stopped by {} after keeping the session token current",
+                signal_name(*signal)
+            ),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 /// A diagnostic for stdout, as JSON and as text for people.
@@ -251,7 +279,7 @@ impl Finished {
             Some(out) => out.json.clone(),
             None => {
                 let (status, message) = match &self.result {
-                    Ok(_) => ("ok", String::from("the session token was handed on")),
+                    Ok(done) => ("ok", done.to_string()),
                     Err(e) => (e.status(), e.to_string()),
                 };
                 let candidates = match &self.result {
@@ -326,8 +354,36 @@ mod tests {
         assert!(r
             .stderr
             .starts_with("coder-agent-auth: error: several agents"));
-        let r = finished(Ok(Done::HandedOn)).render_text();
+        let r = finished(Ok(Done::Stdout)).render_text();
         assert_eq!(r, Rendered::default());
+    }
+
+    #[test]
+    fn json_success_says_what_happened() {
+        let message = |done: Done| {
+            let r = finished(Ok(done)).render_json(0);
+            let v: Value = serde_json::from_str(&r.stdout).unwrap();
+            assert_eq!(v["status"], "ok");
+            v["message"].as_str().unwrap().to_string()
+        };
+        assert_eq!(
+            message(Done::Stored("/run/x/main.token".into())),
+            "the session token was stored in /run/x/main.token"
+        );
+        assert_eq!(
+            message(Done::Stdout),
+            "the session token was written to stdout"
+        );
+        assert_eq!(
+            message(Done::Command),
+            "the session token was given to the command in CODER_AGENT_TOKEN"
+        );
+        assert_eq!(
+            message(Done::Stopped {
+                signal: libc::SIGTERM
+            }),
+            "stopped by SIGTERM after keeping the session token current"
+        );
     }
 
     #[test]

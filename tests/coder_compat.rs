@@ -49,11 +49,10 @@ fn coder_reference() -> Option<PathBuf> {
             String::from_utf8_lossy(&o.stderr)
         ),
         Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "Go is required for this test in CI (.ci/run installs golang-go)"
+            crate::common::skip::skip(
+                "coder_compat::headers_mean_the_same_to_coder_and_to_us",
+                "Go is not installed (apt-get install golang-go)",
             );
-            eprintln!("skipped: Go is not installed (apt-get install golang-go)");
             None
         }
     }

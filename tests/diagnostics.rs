@@ -407,6 +407,14 @@ fn json_reports_each_outcome_and_never_the_token() {
         token_path(&dir, "main").display().to_string()
     );
     assert_eq!(v["exit_code"], 0);
+    assert_eq!(
+        v["message"],
+        format!(
+            "the session token was stored in {}",
+            token_path(&dir, "main").display()
+        ),
+        "says what happened"
+    );
     assert!(!r.stdout.contains(&issued(&sim, "main")));
 
     let mut c = auto(&sim, dmi.path());

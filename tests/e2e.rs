@@ -92,11 +92,7 @@ fn run_on_vm(ns: &Netns, cloud: &str, args: &[&str]) -> Run {
 fn e2e(cloud: Cloud, name: &str) {
     if let Some(why) = skip_reason() {
         // CI runs as root with iproute2 installed: there, a skip would hide a broken setup.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "e2e {name} cannot run in CI: {why}"
-        );
-        eprintln!("SKIPPED e2e {name}: {why}");
+        crate::common::skip::skip(&format!("e2e {name}"), &why);
         return;
     }
     // The metadata address on the namespace's loopback, and metadata.google.internal resolving

@@ -3,6 +3,7 @@
 //! `--json`, the `cloud` field of every log line, and the order of `detect`'s
 //! probes.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -59,14 +60,114 @@ fn a_value_starting_with_a_dash_is_explained_with_the_equals_form() {
 }
 
 #[test]
-fn an_unknown_option_gets_no_tip_to_use_double_dash() {
+fn a_typo_in_an_option_gets_the_option_and_no_tip_that_does_not_apply() {
+    for (typo, value, option) in [
+        ("--agent-nam", "main", "--agent-name"),
+        ("--agnet-name", "main", "--agent-name"),
+        ("--tokne-file", "x", "--token-file"),
+        ("--watc", "1m", "--watch"),
+    ] {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args([typo, value]);
+        let r = run(c);
+        assert_eq!(r.code, 2, "{r:?}");
+        let tips: Vec<&str> = r.stderr.lines().filter(|l| l.contains("tip:")).collect();
+        assert_eq!(
+            tips,
+            [format!("  tip: a similar argument exists: '{option}'")],
+            "{typo}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn a_typo_in_a_subcommand_gets_the_subcommand() {
+    for args in [&["detcet"][..], &["help", "detcet"][..]] {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args(args);
+        let r = run(c);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(
+            r.stderr
+                .contains("tip: a similar subcommand exists: 'detect'"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    // What the tip says runs.
     let mut c = std::process::Command::new(bin());
-    c.env_clear().args(["--agent-nam", "main"]);
+    c.env_clear().args(["detect", "--help"]);
+    assert_eq!(run(c).code, 0);
+}
+
+#[test]
+fn options_before_a_subcommand_get_the_line_with_the_subcommand_first() {
+    let mut c = std::process::Command::new(bin());
+    c.env_clear().args(["--json", "identity"]);
     let r = run(c);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("'--agent-name'"), "{}", r.stderr);
-    assert!(!r.stderr.contains("-- --agent-nam"), "{}", r.stderr);
-    assert!(r.stderr.contains("--option=--agent-nam"), "{}", r.stderr);
+    let v = json_line(&r);
+    let m = v["message"].as_str().unwrap();
+    let want = format!(
+        "tip: a subcommand comes before its options: {} identity --json",
+        bin()
+    );
+    assert!(m.contains(&want), "{m}");
+    assert!(!m.contains("similar subcommand"), "not itself: {m}");
+}
+
+#[test]
+fn a_command_without_its_double_dash_gets_the_line_to_run() {
+    let sim = start(Cloud::Aws, &["dev"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "dev", "sh", "-c", "exit 42"]);
+    let r = run(c);
+    assert_eq!(r.code, 2, "{r:?}");
+    let want = format!(
+        "tip: to run a command after success, put `--` before it: {} --agent-name dev -- sh -c 'exit 42'",
+        bin()
+    );
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    assert!(sim.requests().is_empty(), "nothing sent");
+    // The line it gives runs the command after the exchange.
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "dev", "--token-file"])
+        .arg(token_path(&dir, "t"))
+        .args(["--", "sh", "-c", "exit 42"]);
+    let r = run(c);
+    assert_eq!(r.code, 42, "{r:?}");
+    assert_eq!(coder_requests(&sim).len(), 1);
+}
+
+#[test]
+fn command_in_help_is_only_what_follows_double_dash() {
+    let help = |args: &[&str]| {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args(args);
+        let r = run(c);
+        assert_eq!(r.code, 0, "{r:?}");
+        // Environment variable names (CODER_AGENT_HEADER_COMMAND) are names, not words.
+        r.stdout.replace("_COMMAND", "_")
+    };
+    let main = help(&["--help"]);
+    assert!(
+        main.contains("\n       coder-agent-auth <SUBCOMMAND>\n"),
+        "{main}"
+    );
+    assert!(main.contains("\nSubcommands:\n"), "{main}");
+    assert!(!main.contains("Commands:"), "{main}");
+    assert_eq!(
+        main.matches("<COMMAND>").count(),
+        main.matches("-- <COMMAND>").count(),
+        "{main}"
+    );
+    assert!(main.contains("-- COMMAND"), "{main}");
+    for sub in ["detect", "identity"] {
+        let page = help(&[sub, "--help"]);
+        assert!(!page.contains("COMMAND"), "{sub}: {page}");
+    }
 }
 
 #[test]
@@ -295,4 +396,205 @@ fn detect_lists_the_probes_in_registry_order_whatever_answers_first() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(probes, ["azure", "gcp", "aws"], "{}", r.stdout);
+}
+
+/// Does `line` show a clock time (hh:mm:ss), as a timestamp does?
+fn has_clock(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.windows(8).any(|w| {
+        w.iter().enumerate().all(|(i, c)| match i {
+            2 | 5 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
+    })
+}
+
+/// Run `c` with stderr into a file, `JOURNAL_STREAM` naming that file's
+/// device and inode (as systemd names the journal's stream), or `other`.
+fn stderr_as_journal(mut c: std::process::Command, dir: &Path, other: bool) -> (i32, String) {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(format!("stderr-{}", other));
+    let file = std::fs::File::create(&path).unwrap();
+    let m = file.metadata().unwrap();
+    let named = if other {
+        format!("{}:{}", m.dev(), m.ino() + 1)
+    } else {
+        format!("{}:{}", m.dev(), m.ino())
+    };
+    c.env("JOURNAL_STREAM", named).stderr(file);
+    let status = c.status().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&path).unwrap(),
+    )
+}
+
+#[test]
+fn under_journald_every_line_carries_its_priority_and_no_time() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    // A name outside today's rule (a warning), that Coder does not know (an error and its fix).
+    let scenario = |format: &str| {
+        let mut c = command(&sim, &Cloud::Aws);
+        c.args(["--agent-name", "old_name", "-v"])
+            .args(["--log-format", format, "--token-file"])
+            .arg(token_path(&dir, "t"));
+        c
+    };
+    let (code, text) = stderr_as_journal(scenario("text"), dir.path(), false);
+    assert_eq!(code, 4, "{text}");
+    for line in text.lines() {
+        let priority = line.get(..3).unwrap_or("");
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].contains(&priority),
+            "every line starts with its priority: {line:?}\n{text}"
+        );
+        assert!(!has_clock(line), "no timestamp of its own: {line:?}");
+        assert!(!line.contains('\x1b'), "no colour: {line:?}");
+    }
+    let at = |prefix: &str, what: &str| {
+        text.lines()
+            .any(|l| l.starts_with(prefix) && l.contains(what))
+    };
+    assert!(at("<4>", "old_name"), "{text}");
+    assert!(at("<6>", "INFO"), "{text}");
+    assert!(at("<7>", "DEBUG"), "{text}");
+    assert!(at("<3>", "coder-agent-auth: error:"), "{text}");
+    // The fix, on a line of its own, is an error too (journalctl -p err shows it).
+    assert!(at("<3>fix:", ""), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("fix: agent names") && !l.starts_with("<3>fix:")),
+        "{text}"
+    );
+
+    // JSON lines: the prefix, then the object, without a timestamp.
+    let (_, json) = stderr_as_journal(scenario("json"), dir.path(), false);
+    let mut objects = 0;
+    for line in json.lines() {
+        let Some(object) = line
+            .strip_prefix("<4>")
+            .or_else(|| line.strip_prefix("<6>"))
+            .or_else(|| line.strip_prefix("<7>"))
+        else {
+            assert!(line.starts_with("<3>"), "{line:?}");
+            continue;
+        };
+        let v: Value = serde_json::from_str(object).expect("JSON after the priority");
+        assert!(v.get("timestamp").is_none(), "{v}");
+        objects += 1;
+    }
+    assert!(objects >= 3, "{json}");
+
+    // JOURNAL_STREAM that names another stream (inherited, stderr redirected): plain lines.
+    let (_, plain) = stderr_as_journal(scenario("text"), dir.path(), true);
+    assert!(!plain.lines().any(|l| l.starts_with('<')), "{plain}");
+    assert!(plain.lines().any(has_clock), "{plain}");
+}
+
+/// Run `c` with stderr on a new pseudo-terminal; what it printed there.
+fn stderr_on_a_terminal(mut c: std::process::Command) -> String {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes the two descriptors; no name, termios or size is passed.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    c.stderr(slave).stdout(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    drop(c); // the parent's copy of the terminal's other end
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the child's end is closed.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
+#[test]
+fn no_color_is_honoured_even_on_a_terminal() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    for (no_color, coloured) in [(None, true), (Some(""), true), (Some("1"), false)] {
+        let mut c = command(&sim, &Cloud::Aws);
+        c.args(["-v", "--token-file"]).arg(token_path(&dir, "t"));
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = stderr_on_a_terminal(c);
+        assert!(out.contains("INFO"), "{out:?}");
+        assert_eq!(
+            out.contains('\x1b'),
+            coloured,
+            "NO_COLOR={no_color:?}: {out:?}"
+        );
+    }
+}
+
+/// Coder's own agent resolves `/api/v2/...` against the URL (Go's URL.Parse),
+/// which replaces the URL's path, query and fragment: so does this tool, and
+/// it says so, once, naming the path (not the query, which may hold a secret).
+#[test]
+fn a_url_with_a_path_warns_once_that_the_path_is_ignored() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    let url = format!("{}/some/prefix?key=s3cret#frag", sim.coder_url());
+    c.args(["--url", &url, "-v"]);
+    let r = exchange_with(c, &dir);
+    assert_eq!(r.code, 0, "{r:?}");
+    let warnings: Vec<&str> = r.stderr.lines().filter(|l| l.contains("ignored")).collect();
+    assert_eq!(warnings.len(), 1, "once: {}", r.stderr);
+    let w = warnings[0];
+    assert!(w.contains("WARN"), "{w}");
+    assert!(
+        w.contains(
+            "the path /some/prefix and the query (?...) and the fragment (#...) are ignored"
+        ),
+        "{w}"
+    );
+    assert!(!r.stderr.contains("s3cret"), "{}", r.stderr);
+    let requests = all_coder_requests(&sim);
+    assert!(!requests.is_empty());
+    for q in &requests {
+        assert!(q.path.starts_with("/api/v2/"), "{}", q.path);
+        assert!(q.query.is_empty(), "{}", q.query);
+    }
+    // Without a path (a bare origin, or with its trailing /), nothing to say.
+    for url in [sim.coder_url(), format!("{}/", sim.coder_url())] {
+        let mut c = command(&sim, &Cloud::Aws);
+        c.args(["--url", &url]);
+        let r = exchange_with(c, &dir);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(!r.stderr.contains("ignored"), "{url}: {}", r.stderr);
+    }
+}
+
+fn exchange_with(mut c: std::process::Command, dir: &tempfile::TempDir) -> Run {
+    c.arg("--token-file").arg(token_path(dir, "t"));
+    run(c)
 }

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+use crate::common::skip::skip;
 use crate::common::*;
 
 fn is_root() -> bool {
@@ -53,7 +54,10 @@ fn mode_is_0600_under_a_permissive_umask() {
 #[test]
 fn a_read_only_filesystem_fails_with_7() {
     if !is_root() || Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("SKIPPED a_read_only_filesystem_fails_with_7: needs root and unshare(1)");
+        skip(
+            "sink::a_read_only_filesystem_fails_with_7",
+            "needs root and unshare(1)",
+        );
         return;
     }
     let sim = start(Cloud::Aws, &["main"]);
@@ -92,7 +96,7 @@ fn a_read_only_filesystem_fails_with_7() {
 #[test]
 fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_write() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        skip("sink::a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_write", "needs root to switch to the user nobody");
         return;
     }
     let sim = start(Cloud::Gcp, &["main"]);
@@ -159,7 +163,10 @@ fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_w
 #[test]
 fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        skip(
+            "sink::in_a_sticky_directory_only_ones_own_file_is_replaced",
+            "needs root to switch to the user nobody",
+        );
         return;
     }
     // Like /tmp: root's sticky world-writable directory, where a user may not
@@ -235,7 +242,10 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
 #[test]
 fn a_directory_this_user_cannot_look_into_is_named() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to switch to the user nobody");
+        skip(
+            "sink::a_directory_this_user_cannot_look_into_is_named",
+            "needs root to switch to the user nobody",
+        );
         return;
     }
     let sim = start(Cloud::Aws, &["main"]);
@@ -276,4 +286,86 @@ fn a_directory_this_user_cannot_look_into_is_named() {
         r.stderr
     );
     assert!(coder_requests(&sim).is_empty(), "found before the exchange");
+}
+
+/// The token's missing directories are made before the exchange; a run that
+/// ends without storing a token takes away those it made (deepest first, only
+/// while empty) and leaves the ones that were there.
+#[test]
+fn a_run_that_stores_no_token_leaves_no_directory_it_created() {
+    let retrying = || {
+        let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+        cfg.faults = vec![Fault::coder_not_registered(10_000)];
+        Sim::start(cfg)
+    };
+    let check = |what: &str, dir: &tempfile::TempDir| {
+        assert!(
+            dir.path().join("there").is_dir(),
+            "{what}: the existing directory stays"
+        );
+        assert!(
+            !dir.path().join("there/new").exists(),
+            "{what}: the directories the run made are gone"
+        );
+    };
+    let token = |dir: &tempfile::TempDir| dir.path().join("there/new/deeper/t.token");
+    let cases: [(&str, Sim, &[&str], i32); 4] = [
+        (
+            "a missing COMMAND, found after the directories were made",
+            start(Cloud::Aws, &["main"]),
+            &["--", "/nonexistent/coder"],
+            2,
+        ),
+        ("ambiguous", start(Cloud::Aws, &["main", "dev"]), &[], 3),
+        (
+            "rejected",
+            start(Cloud::Aws, &["main"]),
+            &["--agent-name", "nope"],
+            4,
+        ),
+        ("deadline", retrying(), &["--timeout", "1s"], 6),
+    ];
+    for (what, sim, args, code) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("there")).unwrap();
+        let mut c = command(&sim, &Cloud::Aws);
+        c.arg("--token-file").arg(token(&dir)).args(args);
+        let r = run(c);
+        assert_eq!(r.code, code, "{what}: {r:?}");
+        check(what, &dir);
+    }
+    // Interrupted before the first token, once or resident.
+    for (signal, code, watch) in [
+        (libc::SIGINT, 130, &[][..]),
+        (libc::SIGTERM, 143, &["--watch", "1m"][..]),
+    ] {
+        let sim = retrying();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("there")).unwrap();
+        let mut c = command(&sim, &Cloud::Aws);
+        c.arg("--token-file").arg(token(&dir)).args(watch);
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = c.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while coder_requests(&sim).len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            dir.path().join("there/new/deeper").is_dir(),
+            "made before the exchange"
+        );
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let r: Run = child.wait_with_output().unwrap().into();
+        assert_eq!(r.code, code, "{r:?}");
+        check(&format!("signal {signal}"), &dir);
+    }
+    // A success keeps them.
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(token(&dir));
+    assert_eq!(run(c).code, 0);
+    assert!(token(&dir).is_file());
 }

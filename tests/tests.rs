@@ -20,5 +20,6 @@ mod hostile;
 mod messages;
 mod paths;
 mod proxy;
+mod requirements;
 mod sink;
 mod watch;

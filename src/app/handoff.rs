@@ -73,7 +73,8 @@ impl Handoff {
     pub fn done(&self) -> Done {
         match &self.file {
             Some(f) => Done::Stored(f.path().to_path_buf()),
-            None => Done::HandedOn,
+            None if self.stdout => Done::Stdout,
+            None => Done::Command,
         }
     }
 }

@@ -64,7 +64,10 @@ Examples:
     version,
     about = "Exchange this VM's signed cloud instance identity for a Coder workspace-agent session token",
     after_help = AFTER_HELP,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // COMMAND is only ever what follows `--`.
+    subcommand_value_name = "SUBCOMMAND",
+    subcommand_help_heading = "Subcommands"
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -175,7 +175,44 @@ fn parse_coder_url(raw: Option<&str>) -> Result<Url, String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or("no Coder URL: pass --url https://coder.example.com or set CODER_AGENT_URL")?;
-    parse_http_url(raw, "--url / CODER_AGENT_URL")
+    let mut url = parse_http_url(raw, "--url / CODER_AGENT_URL")?;
+    if let Some(ignored) = ignored_parts(&url) {
+        let mut shown = url.clone();
+        shown.set_query(None);
+        shown.set_fragment(None);
+        tracing::warn!(
+            "--url {shown}: {ignored} ignored, as by Coder's own agent (codersdk resolves each \
+             request's path, /api/v2/..., against the URL, which replaces the URL's path): the \
+             requests go to {}/api/v2/",
+            url.origin().ascii_serialization()
+        );
+    }
+    // Unused either way; dropped so that no log line shows them.
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+/// What of the Coder URL no request uses: Coder's API lives at the origin, and
+/// every request path (`/api/v2/...`) replaces the URL's path, query and
+/// fragment, in Go's `URL.Parse` as in `Url::join`. The path is named; a query
+/// or fragment only mentioned (it may hold a secret).
+fn ignored_parts(url: &Url) -> Option<String> {
+    let mut parts = Vec::new();
+    if url.path() != "/" && !url.path().is_empty() {
+        parts.push(format!("the path {}", crate::text::escape(url.path())));
+    }
+    if url.query().is_some() {
+        parts.push("the query (?...)".to_string());
+    }
+    if url.fragment().is_some() {
+        parts.push("the fragment (#...)".to_string());
+    }
+    match parts.len() {
+        0 => None,
+        1 => Some(format!("{} is", parts[0])),
+        _ => Some(format!("{} are", parts.join(" and "))),
+    }
 }
 
 fn parse_http_url(raw: &str, what: &str) -> Result<Url, String> {
@@ -417,6 +454,18 @@ mod tests {
             assert!(!e.contains("secret"), "{e}");
         }
         assert!(parse_http_url("https://coder.example.com/", "--url").is_ok());
+        let ignored = |u: &str| ignored_parts(&Url::parse(u).unwrap());
+        assert_eq!(ignored("https://coder.example.com"), None);
+        assert_eq!(ignored("https://coder.example.com/"), None);
+        assert_eq!(ignored("https://coder.example.com:8443/"), None);
+        assert_eq!(
+            ignored("https://coder.example.com/some/prefix").as_deref(),
+            Some("the path /some/prefix is")
+        );
+        assert_eq!(
+            ignored("https://coder.example.com/p/?secret=1#f").as_deref(),
+            Some("the path /p/ and the query (?...) and the fragment (#...) are")
+        );
         for no_host in ["http://", "https://:443/", "http:"] {
             let e = parse_http_url(no_host, "--url").unwrap_err();
             assert!(e.contains("is not a valid URL"), "{no_host}: {e}");

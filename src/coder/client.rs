@@ -288,7 +288,7 @@ impl CoderClient {
                 return Err(Attempt::Stop(Failure::Rejected(format!(
                     "Coder at {} answered with a token, but its answer says it is {v}, which ignores \
                      agent names: the token may belong to another agent than {}, so it was neither \
-                     stored nor handed on\n\
+                     stored nor used\n\
                      fix: upgrade Coder to v{a}.{b}.{c} or later; or, if this VM runs only one agent, \
                      drop --agent-name / CODER_AGENT_NAME",
                     self.base,

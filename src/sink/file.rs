@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use super::error::{store_error, SinkError};
 use super::path::TMP_MARK;
-use super::path::{check_dir, check_target, create_missing, euid, split, user_name, walk};
+use super::path::{check_dir, check_target, create_missing, euid, split, user_name, walk, Created};
 use super::temp::{random_suffix, remove_stale};
 use crate::secret::Secret;
 
@@ -38,6 +38,9 @@ pub struct TokenFile {
     /// The checked directory (`O_DIRECTORY`), and its device and inode.
     dir: File,
     id: (u64, u64),
+    /// The directories this run created for it: removed again if the run
+    /// ends before a token was stored.
+    created: Created,
 }
 
 impl TokenFile {
@@ -48,7 +51,7 @@ impl TokenFile {
     pub fn prepare(path: &Path) -> Result<TokenFile, SinkError> {
         let (dir_path, name) = split(path)?;
         let (_, missing) = walk(&dir_path)?;
-        create_missing(&missing)?;
+        let created = create_missing(&missing)?;
         check_target(path, &dir_path)?;
         let c = CString::new(dir_path.as_os_str().as_bytes()).map_err(|_| {
             SinkError::Usage(format!(
@@ -72,6 +75,7 @@ impl TokenFile {
             dir_path,
             dir,
             id,
+            created,
         })
     }
 
@@ -96,10 +100,12 @@ impl TokenFile {
     pub fn store(&mut self, token: &Secret) -> Result<bool, SinkError> {
         self.follow_the_path().map_err(SinkError::after_exchange)?;
         if self.holds(token) {
+            self.created.keep();
             return Ok(false);
         }
         write_at(&self.dir, &self.name, &self.path, &self.dir_path, token)
             .map_err(SinkError::after_exchange)?;
+        self.created.keep();
         Ok(true)
     }
 
@@ -119,7 +125,11 @@ impl TokenFile {
             "the token directory was {} since it was checked; checking it again",
             if now.is_some() { "replaced" } else { "removed" }
         );
-        *self = TokenFile::prepare(&self.path)?;
+        // What the first preparation created is still this run's to remove.
+        let earlier = std::mem::take(&mut self.created);
+        let mut fresh = TokenFile::prepare(&self.path)?;
+        fresh.created.absorb(earlier);
+        *self = fresh;
         Ok(())
     }
 

@@ -232,12 +232,19 @@ pub fn walk(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), SinkError> {
     Ok((existing, missing))
 }
 
-/// Create the missing directories, each 0700 whatever the umask.
-pub fn create_missing(missing: &[PathBuf]) -> Result<(), SinkError> {
+/// Create the missing directories, each 0700 whatever the umask; returns
+/// the ones this run created (not those a concurrent run made meanwhile).
+pub fn create_missing(missing: &[PathBuf]) -> Result<Created, SinkError> {
+    let mut created = Created::default();
     for d in missing {
         match fs::DirBuilder::new().mode(0o700).create(d) {
-            Ok(()) => fs::set_permissions(d, fs::Permissions::from_mode(0o700))
-                .map_err(|e| store_error("cannot set mode 0700 on", d, &e))?,
+            Ok(()) => {
+                if let Ok(m) = fs::symlink_metadata(d) {
+                    created.0.push((d.clone(), (m.dev(), m.ino())));
+                }
+                fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| store_error("cannot set mode 0700 on", d, &e))?
+            }
             // Created meanwhile (by a concurrent run): check it like any other.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let m = fs::symlink_metadata(d).map_err(|e| store_error("cannot stat", d, &e))?;
@@ -249,7 +256,52 @@ pub fn create_missing(missing: &[PathBuf]) -> Result<(), SinkError> {
             Err(e) => return Err(store_error("cannot create the token directory", d, &e)),
         }
     }
-    Ok(())
+    Ok(created)
+}
+
+/// The directories this run created for the token file, each with its device
+/// and inode. Unless [`Created::keep`] was called (a token was stored), they
+/// are removed when this is dropped, which is how every run ends that stored
+/// no token (a usage error after they were made, exit 3 to 7, an interruption
+/// before the first token): deepest first, each only while it is still the
+/// directory this run made and still empty. rmdir(2) removes nothing else, so
+/// a directory another process put something in meanwhile stays, and so do
+/// the ones above it.
+#[derive(Debug, Default)]
+pub struct Created(Vec<(PathBuf, (u64, u64))>);
+
+impl Created {
+    /// A token was stored: the directories stay.
+    pub fn keep(&mut self) {
+        self.0.clear();
+    }
+
+    /// Add the directories an earlier preparation of the same path created.
+    pub fn absorb(&mut self, mut earlier: Created) {
+        self.0.append(&mut earlier.0);
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        let mut dirs = std::mem::take(&mut self.0);
+        dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
+        for (dir, id) in dirs {
+            let same =
+                fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == id);
+            if !same {
+                continue;
+            }
+            match fs::remove_dir(&dir) {
+                Ok(()) => tracing::info!(
+                    directory = %dir.display(),
+                    "removed the token directory this run had created, since no token was stored"
+                ),
+                // Not empty (or not ours to remove): neither is any directory above it.
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// What is at the token path may be replaced only if it is absent or a regular
@@ -301,7 +353,10 @@ mod tests {
         let made = dir.path().join("made");
         fs::create_dir(&made).unwrap();
         fs::set_permissions(&made, fs::Permissions::from_mode(0o700)).unwrap();
-        create_missing(std::slice::from_ref(&made)).unwrap();
+        let created = create_missing(std::slice::from_ref(&made)).unwrap();
+        assert!(created.0.is_empty(), "not created by this run: {created:?}");
+        drop(created);
+        assert!(made.is_dir());
         // Still checked like any other: one that others may write is refused.
         fs::set_permissions(&made, fs::Permissions::from_mode(0o777)).unwrap();
         let e = create_missing(std::slice::from_ref(&made)).unwrap_err();
@@ -318,6 +373,40 @@ mod tests {
             e.message().contains("cannot create the token directory"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn created_directories_go_again_deepest_first_only_while_empty_and_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("a/b"),
+            dir.path().join("a/b/c"),
+        );
+        let chain = [a.clone(), b.clone(), c.clone()];
+        // Nothing stored: all three go.
+        drop(create_missing(&chain).unwrap());
+        assert!(!a.exists());
+        // Kept: all stay.
+        let mut created = create_missing(&chain).unwrap();
+        created.keep();
+        drop(created);
+        assert!(c.is_dir());
+        fs::remove_dir_all(&a).unwrap();
+        // Something put into b meanwhile: c goes, b and a stay.
+        let created = create_missing(&chain).unwrap();
+        fs::write(b.join("theirs"), "").unwrap();
+        drop(created);
+        assert!(!c.exists() && b.join("theirs").exists());
+        fs::remove_dir_all(&a).unwrap();
+        // c replaced by another directory meanwhile: that one is not ours and stays.
+        let created = create_missing(&chain).unwrap();
+        let other = b.join("other");
+        fs::create_dir(&other).unwrap(); // made while c exists: another inode
+        fs::remove_dir(&c).unwrap();
+        fs::rename(&other, &c).unwrap();
+        drop(created);
+        assert!(c.is_dir());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The boot test's only way to get the .deb under test: the amd64 .deb exactly as it is released,
-# built by packaging/release.sh (the static musl binary, as the README's Install section says),
-# and prints the .deb's path as the last line on stdout.
+# built by packaging/release.sh --out OUTDIR (the static musl binary, as the README's Install
+# section says), and prints the .deb's path as the last line on stdout.
 #
 # Usage: tests/boot/build-deb.sh OUTDIR
 # BOOT_DEB=FILE skips the build and tests FILE instead (.ci/run passes the .deb that
@@ -15,7 +15,7 @@ if [ -n "${BOOT_DEB:-}" ]; then
     echo "$BOOT_DEB"
     exit 0
 fi
-packaging/release.sh --install-prereqs --arch amd64 >&2
-mkdir -p "$OUT"
-cp target/release-artifacts/coder-agent-auth_*_amd64.deb "$OUT/"
+# Into OUTDIR, the boot test's own (TARGET/boot/deb): target/release-artifacts/, where a
+# developer keeps the packages of both architectures, is left alone.
+packaging/release.sh --install-prereqs --arch amd64 --out "$OUT" >&2
 ls "$OUT"/coder-agent-auth_*_amd64.deb

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod netns;
+pub mod skip;
 
 #[allow(unused_imports)]
 pub use coder_agent_auth_sim::{

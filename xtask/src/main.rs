@@ -107,8 +107,14 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// (`coder-agent-auth-detect`, ...), which the main page's SUBCOMMANDS section refers to.
 /// clap's `help` subcommand gets no page (it would only repeat `--help`), so the main page
 /// does not list it.
+/// COMMAND on a page is only what follows `--`: the trailing argument reads `-- COMMAND
+/// [ARGS...]` (clap_mangen shows a positional by its value name alone), and the subcommands'
+/// section gets man's upper-case heading (`--help` says "Subcommands").
 fn man_pages() -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut cmd = command().disable_help_subcommand(true);
+    let mut cmd = command()
+        .disable_help_subcommand(true)
+        .subcommand_help_heading("SUBCOMMANDS")
+        .mut_arg("command", |a| a.value_name("-- COMMAND [ARGS...]"));
     cmd.build();
     // Each page's footer names the product and its version, the subcommands' too.
     let source = format!("{BIN} {}", cmd.get_version().unwrap_or_default());
@@ -130,6 +136,7 @@ fn man_pages() -> Result<Vec<(String, Vec<u8>)>, String> {
 fn render(cmd: clap::Command, source: &str, is_main: bool) -> Result<Vec<u8>, String> {
     let after_help = cmd.get_after_help().map(|h| h.to_string());
     let has_version = cmd.get_version().is_some();
+    let has_subcommands = cmd.has_subcommands();
     let man = clap_mangen::Man::new(cmd)
         .section("1")
         .source(source)
@@ -141,7 +148,10 @@ fn render(cmd: clap::Command, source: &str, is_main: bool) -> Result<Vec<u8>, St
     man.render_synopsis_section(&mut out).map_err(err)?;
     man.render_description_section(&mut out).map_err(err)?;
     man.render_options_section(&mut out).map_err(err)?;
-    man.render_subcommands_section(&mut out).map_err(err)?;
+    // clap_mangen writes the heading even for a page without subcommands.
+    if has_subcommands {
+        man.render_subcommands_section(&mut out).map_err(err)?;
+    }
     // The after-help text ("Exit codes:", "Proxies:", "Examples:") as proper EXIT STATUS,
     // ENVIRONMENT and EXAMPLES sections; anything not in that shape is rendered as clap_mangen would.
     match after_help.as_deref().map(after_help_sections) {
@@ -333,6 +343,37 @@ mod tests {
             .expect("no ENVIRONMENT section");
         for var in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"] {
             assert!(env.contains(var), "{var} missing from ENVIRONMENT");
+        }
+    }
+
+    #[test]
+    fn command_on_the_pages_is_only_what_follows_double_dash() {
+        let pages = man_pages().unwrap();
+        let main = String::from_utf8(pages[0].1.clone())
+            .unwrap()
+            .replace("\\-", "-");
+        let synopsis = main
+            .split(".SH SYNOPSIS\n")
+            .nth(1)
+            .and_then(|s| s.split(".SH ").next())
+            .unwrap();
+        assert!(
+            synopsis.contains("[\\fI-- COMMAND [ARGS...]\\fR]"),
+            "{synopsis}"
+        );
+        assert!(
+            main.contains(".TP\n[\\fI-- COMMAND [ARGS...]\\fR]\n"),
+            "{main}"
+        );
+        assert!(main.contains("\n.SH SUBCOMMANDS\n"), "{main}");
+        // Every other COMMAND is a word of the after-help, and an environment variable's name.
+        for (name, page) in &pages[1..] {
+            let page = String::from_utf8(page.clone()).unwrap();
+            assert!(
+                !page.contains(".SH SUBCOMMANDS"),
+                "{name}: an empty section"
+            );
+            assert!(!page.contains("COMMAND"), "{name}: {page}");
         }
     }
 
