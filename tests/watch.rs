@@ -159,7 +159,11 @@ fn a_gcp_jwt_that_expires_while_coder_is_not_ready_is_fetched_again() {
         .collect();
     // The simulator signs the same claims the same way: two fetches in one second may give
     // the same JWT, but the last one is not the first (which had expired by then).
-    assert_ne!(jwts.first(), jwts.last(), "the first JWT was posted to the end");
+    assert_ne!(
+        jwts.first(),
+        jwts.last(),
+        "the first JWT was posted to the end"
+    );
     let fetched = metadata_requests(&sim)
         .iter()
         .filter(|r| r.path.ends_with("/identity"))
