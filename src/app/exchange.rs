@@ -122,7 +122,11 @@ impl Exchanger {
             self.url.join(BUILDINFO_PATH).expect("static path")
         );
         match share
-            .run(&what, &|| Blame::Version, || self.coder.server_version())
+            .run(
+                &what,
+                &|| self.coder.waiting_on().unwrap_or(Blame::Version),
+                || self.coder.server_version(),
+            )
             .await
         {
             Err(Failure::Timeout { why, .. }) => {
@@ -139,6 +143,7 @@ impl Exchanger {
     /// One attempt: a fresh identity, then the POST.
     async fn attempt(&self) -> Result<Issued, Attempt> {
         let ready = self.ready.as_ref().expect("prepared before any attempt");
+        self.coder.new_attempt();
         self.phase.set(Blame::Metadata);
         let identity = ready
             .fetcher
@@ -165,6 +170,12 @@ impl Exchanger {
             .await
     }
 
+    /// What the attempt in flight waits on: the header command while it
+    /// runs, else the phase it is in.
+    fn waiting_on(&self) -> Blame {
+        self.coder.waiting_on().unwrap_or(self.phase.get())
+    }
+
     /// A version the answer reported, when none was known.
     fn note_version(&mut self, reported: Option<Version>, learned: &mut Learned) {
         if self.version.is_none() {
@@ -189,7 +200,7 @@ impl Exchanger {
             ready.cloud, ready.endpoint
         );
         let issued = policy
-            .run(&what, &|| self.phase.get(), || self.attempt())
+            .run(&what, &|| self.waiting_on(), || self.attempt())
             .await?;
         self.note_version(issued.version, learned);
         tracing::info!(
@@ -211,7 +222,7 @@ impl Exchanger {
             Ok(r) => r?,
             Err(_) => {
                 return Err(Attempt::retry(
-                    self.phase.get(),
+                    self.waiting_on(),
                     format!("the check did not finish within {}", human(limit)),
                 ))
             }

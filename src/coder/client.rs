@@ -37,6 +37,9 @@ pub struct CoderClient {
     http: reqwest::Client,
     /// An exchange request (which carries the identity) was sent in this run.
     sent: AtomicBool,
+    /// The header command is running (so a deadline that cuts the attempt
+    /// now blames it, not the server).
+    running_command: AtomicBool,
     base: Url,
     headers: Headers,
     /// The proxy route [`crate::proxy`] decided, described in errors (credentials removed).
@@ -101,6 +104,7 @@ impl CoderClient {
         Ok(CoderClient {
             http,
             sent: AtomicBool::new(false),
+            running_command: AtomicBool::new(false),
             base: base.clone(),
             headers,
             route,
@@ -114,7 +118,34 @@ impl CoderClient {
 
     /// This attempt's headers alone (the dry run shows their names).
     pub async fn headers_once(&self, secrets: &Redactor) -> Result<HeaderMap, Attempt> {
-        self.headers.resolve(&self.base, secrets, false).await
+        self.resolve_headers(secrets).await
+    }
+
+    /// The part an attempt in flight waits on, if it is the header command;
+    /// `None` while it waits on the server.
+    pub fn waiting_on(&self) -> Option<Blame> {
+        self.running_command
+            .load(Ordering::Relaxed)
+            .then_some(Blame::HeaderCommand)
+    }
+
+    /// This request's headers, the header command run if there is one. An
+    /// attempt cut off while the command runs leaves [`Self::waiting_on`]
+    /// saying so (read after the attempt was dropped), until the next
+    /// attempt calls [`Self::new_attempt`].
+    async fn resolve_headers(&self, secrets: &Redactor) -> Result<HeaderMap, Attempt> {
+        self.running_command.store(true, Ordering::Relaxed);
+        let headers = self
+            .headers
+            .resolve(&self.base, secrets, self.sent.load(Ordering::Relaxed))
+            .await;
+        self.running_command.store(false, Ordering::Relaxed);
+        headers
+    }
+
+    /// A new attempt starts: no header command runs yet.
+    pub fn new_attempt(&self) {
+        self.running_command.store(false, Ordering::Relaxed);
     }
 
     /// A transport failure: a redirect loop is permanent, the rest transient.
@@ -154,10 +185,7 @@ impl CoderClient {
         } else {
             Blame::Version
         };
-        let headers: HeaderMap = self
-            .headers
-            .resolve(&self.base, redactor, self.sent.load(Ordering::Relaxed))
-            .await?;
+        let headers: HeaderMap = self.resolve_headers(redactor).await?;
         for v in headers.values() {
             if let Ok(v) = v.to_str() {
                 redactor.add(v);
@@ -287,8 +315,9 @@ impl CoderClient {
                 let (a, b, c) = version::AGENT_NAME_SINCE;
                 return Err(Attempt::Stop(Failure::Rejected(format!(
                     "Coder at {} answered with a token, but its answer says it is {v}, which ignores \
-                     agent names: the token may belong to another agent than {}, so it was neither \
-                     stored nor handed on\n\
+                     agent names (its version could not be read before: the identity and the agent \
+                     name were sent): the token may belong to another agent than {}, so it was \
+                     neither stored nor handed on\n\
                      fix: upgrade Coder to v{a}.{b}.{c} or later; or, if this VM runs only one agent, \
                      drop --agent-name / CODER_AGENT_NAME",
                     self.base,

@@ -463,6 +463,29 @@ mod tests {
         assert_eq!(map["x-two"], "2");
     }
 
+    #[test]
+    fn the_command_is_named_by_its_first_word_after_any_assignments() {
+        // Issue #19, item 6: the assignment (which may hold a secret) was the name.
+        assert_eq!(
+            command_name("API_KEY=sup3rs3cr3t my-helper"),
+            "`… my-helper`"
+        );
+        assert_eq!(
+            command_name("A=1 B_2=x my-helper --token s3cr3t"),
+            "`… my-helper …`"
+        );
+        assert_eq!(command_name("my-helper --token s3cr3t"), "`my-helper …`");
+        assert_eq!(command_name("my-helper"), "`my-helper`");
+        assert_eq!(
+            command_name("API_KEY=sup3rs3cr3t"),
+            "`(only variable assignments)`"
+        );
+        // Words with '=' that the shell runs as commands: not assignments.
+        assert_eq!(command_name("./x=y arg"), "`./x=y …`");
+        assert_eq!(command_name("1A=b helper"), "`1A=b …`");
+        assert_eq!(command_name("=x helper"), "`=x …`");
+    }
+
     #[tokio::test]
     async fn command_failures_name_the_command_and_line_never_the_value() {
         async fn run(cmd: &str) -> Attempt {

