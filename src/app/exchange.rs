@@ -125,7 +125,7 @@ impl Exchanger {
             .run(
                 &what,
                 &|| self.coder.waiting_on().unwrap_or(Blame::Version),
-                || self.coder.server_version(),
+                || self.coder.server_version(&self.secrets),
             )
             .await
         {

@@ -111,9 +111,14 @@ impl CoderClient {
         })
     }
 
-    /// What of the proxy setting is secret (for the redactor).
+    /// What of the proxy settings is secret (for the redactor): the route's
+    /// credentials, and those of every other proxy variable set.
     pub fn route_secrets(&self) -> Vec<String> {
-        self.route.credentials()
+        let mut secrets = self.route.credentials();
+        secrets.extend(crate::coder::proxy::env_credentials(&|name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        }));
+        secrets
     }
 
     /// This attempt's headers alone (the dry run shows their names).
@@ -332,9 +337,9 @@ impl CoderClient {
     /// answered, but not with a readable version (a proxy, an old or odd
     /// server): not a reason to stop. Transport trouble, 429 and 5xx are
     /// transient, like the exchange's.
-    pub async fn server_version(&self) -> Result<Option<Version>, Attempt> {
+    pub async fn server_version(&self, secrets: &Redactor) -> Result<Option<Version>, Attempt> {
         let url = self.base.join(BUILDINFO_PATH).expect("static path");
-        let mut redactor = Redactor::new();
+        let mut redactor = secrets.clone();
         let r = self
             .send(Method::GET, &url, None, BUILDINFO_CAP, &mut redactor)
             .await?;

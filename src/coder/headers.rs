@@ -487,6 +487,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_commands_stderr_shows_none_of_the_runs_secrets() {
+        // Issue #19, item 7: only what it printed on stdout was withheld.
+        let mut secrets = Redactor::new();
+        secrets.add("fixed-header-s3cr3t");
+        secrets.add_credential("pa55");
+        let h = Headers::parse(
+            Some("X-Fixed=fixed-header-s3cr3t"),
+            &[],
+            Some(
+                "echo X-Cmd=printed-s3cr3t; echo 'fixed-header-s3cr3t pa55 printed-s3cr3t' >&2"
+                    .into(),
+            ),
+        )
+        .unwrap();
+        let out = run_shell(
+            h.command.as_deref().unwrap(),
+            &[],
+            Limits {
+                time: COMMAND_TIMEOUT,
+                stdout_cap: COMMAND_OUTPUT_CAP,
+                stderr_keep: STDERR_EXCERPT,
+            },
+        )
+        .await
+        .unwrap();
+        let shown = stderr_redactor(&secrets, &out.stdout).show_of(
+            &String::from_utf8_lossy(&out.stderr),
+            STDERR_EXCERPT,
+            "the header command's stderr",
+        );
+        assert_eq!(
+            shown,
+            "[withheld] [withheld] [withheld]\\n (secrets this tool holds were withheld from \
+             the header command's stderr)"
+        );
+    }
+
+    #[tokio::test]
     async fn command_failures_name_the_command_and_line_never_the_value() {
         async fn run(cmd: &str) -> Attempt {
             let url = Url::parse("http://c/").unwrap();

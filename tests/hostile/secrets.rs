@@ -60,3 +60,46 @@ fn header_syntax_errors_never_show_a_value() {
         "nothing was sent after a refusal"
     );
 }
+
+#[test]
+fn the_header_commands_stderr_shows_no_secret_of_the_run() {
+    // The command repeats on stderr the fixed header values and the proxy
+    // variables of its environment (the URL, user:password, the password),
+    // before the exchange and, with a name, before the version read.
+    let sim = start(Cloud::Aws, &["main"]);
+    for name in [&[][..], &["--agent-name", "main"]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = command(&sim, &Cloud::Aws);
+        c.env("CODER_AGENT_HEADER", "X-Fixed=fixed-s3cr3t-value")
+            .env("HTTP_PROXY", "http://svc-user:pr0xy-pa55@192.0.2.1:3128")
+            .env("NO_PROXY", "*")
+            .args(name)
+            .args([
+                "-v",
+                "--header-command",
+                "echo X-Cmd=cmd-s3cr3t-value; \
+                 echo \"env: $CODER_AGENT_HEADER proxy: $HTTP_PROXY\" >&2; \
+                 echo 'svc-user:pr0xy-pa55 and pr0xy-pa55 alone' >&2",
+                "--token-file",
+            ])
+            .arg(token_path(&dir, "t"));
+        let r = run(c);
+        assert_eq!(r.code, 0, "{r:?}");
+        let runs = if name.is_empty() { 1 } else { 2 };
+        assert_eq!(
+            r.stderr.matches("the header command's stderr: ").count(),
+            runs,
+            "{}",
+            r.stderr
+        );
+        for s in ["fixed-s3cr3t-value", "pr0xy-pa55", "cmd-s3cr3t-value"] {
+            assert!(!r.stderr.contains(s), "{s}: {}", r.stderr);
+        }
+        assert!(
+            r.stderr
+                .contains("secrets this tool holds were withheld from the header command's stderr"),
+            "{}",
+            r.stderr
+        );
+    }
+}
