@@ -62,6 +62,8 @@ impl Exchanger {
         for s in coder.route_secrets() {
             secrets.add_credential(&s);
         }
+        // Built once here; every attempt's clone shares it.
+        secrets.seal();
         Ok(Exchanger {
             md,
             coder,

@@ -5,6 +5,8 @@
 //! text, `--json` and the `-v` JSON log; and no input makes the run outlast
 //! its deadline.
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 use crate::common::*;
@@ -13,15 +15,54 @@ use crate::common::*;
 pub struct Req {
     pub method: String,
     pub target: String,
+    pub body: Value,
 }
 
 pub fn parse_req(raw: &[u8]) -> Req {
     let text = String::from_utf8_lossy(raw);
-    let (head, _body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut first = head.lines().next().unwrap_or_default().split(' ');
     Req {
         method: first.next().unwrap_or_default().to_string(),
         target: first.next().unwrap_or_default().to_string(),
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+/// The identity values a run posted to a [`RawServer`], and their lines.
+pub fn posted(raw: &RawServer) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in raw.requests() {
+        let body = parse_req(&r).body;
+        for k in ["document", "signature", "json_web_token"] {
+            if let Some(s) = body.get(k).and_then(Value::as_str) {
+                out.push(s.to_string());
+                out.extend(s.lines().filter(|l| l.len() >= 20).map(str::to_string));
+                let flat: String = s.split_whitespace().collect();
+                out.push(flat);
+            }
+        }
+    }
+    out
+}
+
+/// Nothing of `secrets` (nor any 20 characters of one) is in the output.
+pub fn assert_none_shown(secrets: &[String], r: &Run, what: &str) {
+    for s in secrets {
+        for out in [&r.stdout, &r.stderr] {
+            assert!(
+                !out.contains(s.as_str()),
+                "{what}: a secret is shown: {out}"
+            );
+            let chars: Vec<char> = s.chars().collect();
+            for piece in chars.chunks(20).filter(|p| p.len() == 20) {
+                let piece: String = piece.iter().collect();
+                assert!(
+                    !out.contains(&piece),
+                    "{what}: 20 characters of a secret ({piece}) are shown: {out}"
+                );
+            }
+        }
     }
 }
 
@@ -121,6 +162,68 @@ fn a_hostile_server_version_is_never_shown_raw_nor_long() {
     assert!(r.stdout.len() < 2000, "{} bytes of stdout", r.stdout.len());
 }
 
+/// Percent-encoding as a URL query or a form body writes it.
+fn url_encode(s: &str, plus_for_space: bool) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' if plus_for_space => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+#[test]
+fn url_encoded_and_html_escaped_echoes_are_withheld() {
+    let sim = start(Cloud::Aws, &["main"]);
+    type Encode = fn(&str) -> String;
+    let encodings: [(&str, Encode); 4] = [
+        ("url", |s| url_encode(s, false)),
+        ("form", |s| url_encode(s, true)),
+        ("html", html_escape),
+        ("html, lower-case hex", |s| {
+            html_escape(s)
+                .replace("&quot;", "&#x22;")
+                .replace("&#39;", "&#x27;")
+        }),
+    ];
+    for (what, encode) in encodings {
+        let raw = RawServer::start(move |_, req| {
+            let body = parse_req(req).body;
+            let doc = body["document"].as_str().unwrap_or_default();
+            let sig = body["signature"].as_str().unwrap_or_default();
+            let page = format!(
+                "<html><body>rejected: document={} signature={}</body></html>",
+                encode(doc),
+                encode(sig)
+            );
+            http_response(400, &[("Content-Type", "text/html")], page.as_bytes()).into()
+        });
+        for r in both_ways(&sim, &Cloud::Aws, &raw.url, &[]) {
+            assert_eq!(r.code, 4, "{what}: {r:?}");
+            let mut secrets = posted(&raw);
+            let encoded: Vec<String> = secrets.iter().map(|s| encode(s)).collect();
+            secrets.extend(encoded);
+            // The document's values are prose: its account id stands for it.
+            secrets.push("123456789012".into());
+            assert_none_shown(&secrets, &r, what);
+            assert!(r.stderr.contains("withheld"), "{what}: {}", r.stderr);
+        }
+    }
+}
+
 #[test]
 fn metadata_error_snippets_escape_invisible_characters() {
     let raw = RawServer::start(|_, req| {
@@ -156,4 +259,51 @@ fn metadata_error_snippets_escape_invisible_characters() {
         "{}",
         r.stderr
     );
+}
+
+/// `n` distinct header values of 72 characters, mostly base64 (so they
+/// are searched by fragment too) with the characters JSON and Go escape
+/// (so each has several forms), as `--header` flags.
+fn many_headers(n: usize) -> Vec<String> {
+    (0..n)
+        .flat_map(|i| {
+            let value = format!(
+                "Zm9vYmFy<{i:05}>&\\YmF6cXV4cXV1eHh5enp5eA0123456789abcdefABCDEF+/gh{i:05}"
+            );
+            ["--header".to_string(), format!("X-H{i:04}={value}")]
+        })
+        .collect()
+}
+
+#[test]
+fn a_64_kib_transient_message_costs_little_per_attempt() {
+    // Text that starts every header value over and over: each place it
+    // could begin has to be looked at.
+    let message: String = "Zm9vYmFyYmF6cXV4cXV1eHh5enp5eA "
+        .repeat(3000)
+        .chars()
+        .take(64 * 1024)
+        .collect();
+    let body = serde_json::json!({ "message": message }).to_string();
+    let raw = RawServer::start(move |_, _| {
+        http_response(
+            503,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .into()
+    });
+    let sim = start(Cloud::Aws, &["main"]);
+    let mut c = command(&sim, &Cloud::Aws);
+    c.env("CODER_AGENT_URL", &raw.url)
+        .args(["--timeout", "3s"])
+        .args(many_headers(3700));
+    let started = Instant::now();
+    let r = run(c);
+    let took = started.elapsed();
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(took < Duration::from_millis(3500), "took {took:?}");
+    let attempts = raw.requests().len();
+    assert!(attempts >= 4, "{attempts} attempts in 3 s");
+    assert!(r.stderr.len() < 8000, "{} bytes", r.stderr.len());
 }
