@@ -126,11 +126,14 @@ fn check_token(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How much of a content type is shown (real ones are under 100 bytes).
+const CONTENT_TYPE_SHOWN: usize = 100;
+
 /// Content type and the start of the body, redacted, for messages.
 fn describe_body(a: &Answer, redactor: &Redactor, carries: bool) -> String {
     let ct = a
         .content_type
-        .map(crate::text::escape)
+        .map(|ct| redactor.show(ct, CONTENT_TYPE_SHOWN))
         .unwrap_or_else(|| "no content type".into());
     if a.body.is_empty() {
         return format!("{ct}, empty body");

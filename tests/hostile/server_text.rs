@@ -162,6 +162,103 @@ fn a_hostile_server_version_is_never_shown_raw_nor_long() {
     assert!(r.stdout.len() < 2000, "{} bytes of stdout", r.stdout.len());
 }
 
+/// A GCP VM whose Coder is `raw`; the JWT it posts is the secret.
+fn gcp_against(raw: &RawServer) -> (Sim, Vec<Run>) {
+    let sim = start(Cloud::Gcp, &["main"]);
+    let runs = both_ways(&sim, &Cloud::Gcp, &raw.url, &[]);
+    (sim, runs)
+}
+
+fn jwt_of(raw: &[u8]) -> String {
+    parse_req(raw).body["json_web_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn the_content_type_is_redacted_and_capped() {
+    let raw = RawServer::start(|_, req| {
+        let ct = format!("text/plain; sig={}; {}", jwt_of(req), "x".repeat(5000));
+        http_response(400, &[("Content-Type", &ct)], b"bad request").into()
+    });
+    let (_sim, runs) = gcp_against(&raw);
+    let secrets = posted(&raw);
+    assert!(!secrets.is_empty());
+    for r in runs {
+        assert_eq!(r.code, 4, "{r:?}");
+        assert_none_shown(&secrets, &r, "content type");
+        assert!(r.stderr.contains("withheld"), "{}", r.stderr);
+        assert!(!r.stderr.contains(&"x".repeat(400)), "capped: {}", r.stderr);
+    }
+}
+
+#[test]
+fn a_same_origin_redirect_target_is_shown_without_its_query_or_secret() {
+    let raw = RawServer::start(|_, req| {
+        let r = parse_req(req);
+        if r.target.starts_with("/api/v2/next") {
+            http_response(400, &[("Content-Type", "text/plain")], b"no").into()
+        } else {
+            let to = format!("/api/v2/next/{}?sig={}", jwt_of(req), jwt_of(req));
+            http_response(307, &[("Location", &to)], b"").into()
+        }
+    });
+    let (_sim, runs) = gcp_against(&raw);
+    let secrets = posted(&raw);
+    for r in runs {
+        assert_eq!(r.code, 4, "{r:?}");
+        assert_none_shown(&secrets, &r, "final URL");
+        assert!(
+            !r.stderr.contains("?sig="),
+            "the query is dropped: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("/api/v2/next/"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn a_cross_origin_location_is_shown_without_its_query_or_secret() {
+    let raw = RawServer::start(|_, req| {
+        let to = format!(
+            "http://elsewhere.invalid/{}?sig={}",
+            jwt_of(req),
+            jwt_of(req)
+        );
+        http_response(302, &[("Location", &to)], b"").into()
+    });
+    let (_sim, runs) = gcp_against(&raw);
+    let secrets = posted(&raw);
+    for r in runs {
+        assert_eq!(r.code, 4, "{r:?}");
+        assert_none_shown(&secrets, &r, "Location");
+        assert!(!r.stderr.contains("?sig="), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("http://elsewhere.invalid/"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn a_redirect_loop_chain_is_shown_without_queries_or_secrets() {
+    let raw = RawServer::start(|_, req| {
+        let jwt = jwt_of(req);
+        let to = format!("/api/v2/workspaceagents/google-instance-identity?sig={jwt}");
+        http_response(307, &[("Location", &to)], b"").into()
+    });
+    let (_sim, runs) = gcp_against(&raw);
+    let secrets = posted(&raw);
+    for r in runs {
+        assert_eq!(r.code, 4, "{r:?}");
+        assert!(r.stderr.contains("redirect loop"), "{}", r.stderr);
+        assert_none_shown(&secrets, &r, "redirect chain");
+        assert!(!r.stderr.contains("?sig="), "{}", r.stderr);
+    }
+}
+
 /// Percent-encoding as a URL query or a form body writes it.
 fn url_encode(s: &str, plus_for_space: bool) -> String {
     let mut out = String::new();
