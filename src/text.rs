@@ -600,6 +600,34 @@ impl Redactor {
         part
     }
 
+    /// Which of `names` (in this order) repeat a secret, alone or together:
+    /// a held secret in any form inside one, or names whose characters read
+    /// together repeat a run of a long secret.
+    pub fn withheld_among(&self, names: &[&str]) -> Vec<bool> {
+        let layers = self.layers();
+        let mut out = Self::taking_part(&layers, names);
+        let mut joined = String::new();
+        let mut starts = Vec::with_capacity(names.len());
+        for n in names {
+            starts.push(joined.len());
+            joined.push_str(n);
+            joined.push('\0');
+        }
+        match Self::spans(&layers, &joined) {
+            None => out.iter_mut().for_each(|w| *w = true),
+            Some(spans) => {
+                for (s, e) in spans {
+                    let first = starts.partition_point(|&st| st <= s) - 1;
+                    let last = starts.partition_point(|&st| st < e) - 1;
+                    for w in &mut out[first..=last] {
+                        *w = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The text with every held secret replaced by [`WITHHELD`]. If a
     /// secret still shows through (encoded in a way the search did not
     /// replace, or a long one re-wrapped or in pieces), the whole text is
@@ -985,6 +1013,45 @@ mod tests {
         // Added after a search: a batch of its own, searched as well.
         r.add("DDDD-EEEE");
         assert_eq!(r.clean("AAAA-BBBB DDDD-EEEE").text, "[withheld] [withheld]");
+    }
+
+    #[test]
+    fn pieces_of_a_secret_read_together_are_found_whatever_is_between_them() {
+        let mut r = Redactor::new();
+        r.add(SIG);
+        let flat: String = SIG.split_whitespace().collect();
+        let pieces: Vec<String> = flat
+            .as_bytes()
+            .chunks(20)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        // Each piece alone is shorter than a fragment.
+        assert!(!r.clean(&pieces[1]).withheld);
+        // Prefixed and separated, as a 409's names or a message's words.
+        let prefixed: Vec<String> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("n{i:02}-{p}"))
+            .collect();
+        assert!(r.clean(&prefixed.join(", ")).withheld);
+        let names: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+        let mut with_real = vec!["main"];
+        with_real.extend(&names);
+        with_real.push("dev");
+        let w = r.withheld_among(&with_real);
+        assert!(!w[0] && !w[with_real.len() - 1], "{w:?}");
+        assert!(w[1..with_real.len() - 1].iter().all(|x| *x), "{w:?}");
+        // Out of order, the pieces do not read as the secret.
+        let mut shuffled = names.clone();
+        shuffled.reverse();
+        assert!(r.withheld_among(&shuffled).iter().all(|x| !x));
+        // A held secret inside one name: that name only.
+        let with_sig = format!("x{flat}");
+        let w = r.withheld_among(&["main", &with_sig, "dev"]);
+        assert_eq!(w, [false, true, false]);
+        // Ordinary names and prose are not pieces of anything.
+        let names = ["main", "dev", "frontend-build-2", "kUYO", "abc"];
+        assert!(r.withheld_among(&names).iter().all(|x| !x));
     }
 
     #[test]

@@ -231,11 +231,15 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
     let server: Option<ServerError> =
         object.and_then(|m| serde_json::from_value(serde_json::Value::Object(m)).ok());
     let message = server.as_ref().map(|s| s.message.as_str()).unwrap_or("");
-    let shown = match &server {
-        _ if carries => describe_body(a, redactor, carries),
-        Some(s) if !s.message.is_empty() => redactor.show(&s.to_string(), EXCERPT_CHARS),
-        _ => describe_body(a, redactor, carries),
-    };
+    if status == 409 {
+        return stop(Failure::Ambiguous(ambiguity(
+            server.as_ref(),
+            a,
+            carries,
+            redactor,
+        )));
+    }
+    let shown = shown_error(server.as_ref(), a, carries, redactor);
     let transient = |m: String| {
         Err(Attempt::Retry {
             message: m,
@@ -244,7 +248,6 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
         })
     };
     match status {
-        409 => stop(Failure::Ambiguous(ambiguity(server.as_ref(), shown, redactor))),
         404 if is_instance_not_found(message) => transient(format!(
             "Coder answered 404: {shown} (the workspace build has not registered this instance yet)"
         )),
@@ -308,12 +311,68 @@ fn stop<T>(f: Failure) -> Result<T, Attempt> {
     Err(Attempt::Stop(f))
 }
 
-fn ambiguity(server: Option<&ServerError>, shown: String, redactor: &Redactor) -> Ambiguity {
+/// Coder's error as people see it: its message (with detail and
+/// validations), or the body described when there is no message or it
+/// carries a token.
+fn shown_error(
+    server: Option<&ServerError>,
+    a: &Answer,
+    carries: bool,
+    redactor: &Redactor,
+) -> String {
+    match server {
+        _ if carries => describe_body(a, redactor, carries),
+        Some(s) if !s.message.is_empty() => redactor.show(&s.to_string(), EXCERPT_CHARS),
+        _ => describe_body(a, redactor, carries),
+    }
+}
+
+/// The names of a 409 that repeat a secret this tool sent (a server echoing
+/// the request into its list): one alone, or several read together, in the
+/// order listed or in the order printed (sorted), whatever is between
+/// their pieces (`n00-…`, `n01-…`).
+fn echoed_names<'a>(
+    parsed: &'a [String],
+    redactor: &Redactor,
+) -> std::collections::HashSet<&'a str> {
+    let listed: Vec<&str> = parsed.iter().map(String::as_str).collect();
+    let mut sorted = listed.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut echoed = std::collections::HashSet::new();
+    for names in [&listed, &sorted] {
+        for (n, w) in names.iter().zip(redactor.withheld_among(names)) {
+            if w {
+                echoed.insert(*n);
+            }
+        }
+    }
+    echoed
+}
+
+fn ambiguity(
+    server: Option<&ServerError>,
+    a: &Answer,
+    carries: bool,
+    redactor: &Redactor,
+) -> Ambiguity {
     let mut parsed = server.map(parse_all_candidates).unwrap_or_default();
-    // A "name" that repeats a secret this tool sent (a server echoing the
-    // request into its list) is no agent's name: it is never printed.
+    // A "name" that repeats a secret this tool sent, alone or with others,
+    // is no agent's name: it is never printed, nor shown in the message.
+    let echoed_names = echoed_names(&parsed, redactor);
+    let shown = if echoed_names.is_empty() {
+        shown_error(server, a, carries, redactor)
+    } else {
+        let mut r = redactor.clone();
+        for n in &echoed_names {
+            r.add_exact(n);
+        }
+        shown_error(server, a, carries, &r)
+    };
+    let echoed_set: std::collections::HashSet<String> =
+        echoed_names.into_iter().map(str::to_string).collect();
     let before = parsed.len();
-    parsed.retain(|n| !redactor.clean(n).withheld);
+    parsed.retain(|n| !echoed_set.contains(n));
     let echoed = before - parsed.len();
     let mut repeated: Vec<String> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -799,6 +858,50 @@ mod tests {
             "{:?}",
             a.notes
         );
+    }
+
+    #[test]
+    fn names_that_repeat_a_secret_together_are_all_withheld() {
+        // Issue #19, item 4: 23-character chunks of a JWT, each too short to
+        // be recognised alone, in order or with order prefixes listed backwards
+        // (sorted for printing, they read as the JWT again).
+        let jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJhdWQiOiJjb2RlciIsImlzcyI6Imh0dHBzOi8vYWNjb3VudHMuZ29vZ2xlLmNvbSJ9.c2lnbmF0dXJlLXZhbHVlLWxvbmctZW5vdWdoLXRvLW1hdHRlcg";
+        let mut r = Redactor::new();
+        r.add(jwt);
+        let chunks: Vec<String> = jwt
+            .as_bytes()
+            .chunks(23)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        let mut prefixed: Vec<String> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("n{i:02}-{c}"))
+            .collect();
+        prefixed.reverse();
+        for names in [chunks.clone(), prefixed] {
+            let mut listed = vec!["main".to_string(), "dev".to_string()];
+            listed.extend(names.iter().cloned());
+            let body = serde_json::json!({
+                "message": format!("Set CODER_AGENT_NAME to one of: {}", listed.join(", "))
+            })
+            .to_string();
+            let Err(Attempt::Stop(Failure::Ambiguous(a))) =
+                classify(&answer(409, body.as_bytes()), &r)
+            else {
+                panic!()
+            };
+            assert_eq!(a.names, ["dev", "main"]);
+            assert!(
+                a.notes[0].starts_with(&format!("{} listed name(s) were withheld", names.len())),
+                "{:?}",
+                a.notes
+            );
+            // Nor are they shown in Coder's message.
+            for c in &chunks {
+                assert!(!a.message.contains(c.as_str()), "{}", a.message);
+            }
+        }
     }
 
     #[test]

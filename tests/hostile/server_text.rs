@@ -259,6 +259,91 @@ fn a_redirect_loop_chain_is_shown_without_queries_or_secrets() {
     }
 }
 
+/// A 409 listing `main` and the names `split` makes of the JWT it was sent.
+fn conflict_of(split: fn(&str) -> Vec<String>) -> RawServer {
+    RawServer::start(move |_, req| {
+        let mut names = vec!["main".to_string()];
+        names.extend(split(&jwt_of(req)));
+        let body = serde_json::json!({
+            "message": format!(
+                "Multiple agents found with instance ID \"1234\". Set CODER_AGENT_NAME to one of: {}",
+                names.join(", ")
+            )
+        })
+        .to_string();
+        http_response(
+            409,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .into()
+    })
+}
+
+fn chunks(s: &str, n: usize) -> Vec<String> {
+    s.as_bytes()
+        .chunks(n)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect()
+}
+
+#[test]
+fn names_that_together_repeat_a_secret_are_all_withheld() {
+    let in_order: fn(&str) -> Vec<String> = |jwt| chunks(jwt, 23);
+    // Order prefixes, listed backwards: sorted, they spell the secret again.
+    let prefixed: fn(&str) -> Vec<String> = |jwt| {
+        let mut v: Vec<String> = chunks(jwt, 23)
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| format!("n{i:02}-{c}"))
+            .collect();
+        v.reverse();
+        v
+    };
+    // Short pieces without prefixes.
+    let tiny: fn(&str) -> Vec<String> = |jwt| chunks(jwt, 5);
+    for (what, split) in [
+        ("in order", in_order),
+        ("prefixed", prefixed),
+        ("tiny", tiny),
+    ] {
+        let raw = conflict_of(split);
+        let (_sim, runs) = gcp_against(&raw);
+        let jwt = jwt_of(&raw.requests()[0]);
+        for r in runs {
+            assert_eq!(r.code, 3, "{what}: {r:?}");
+            let pieces = chunks(&jwt, if what == "tiny" { 5 } else { 23 });
+            for p in pieces.iter().filter(|p| p.len() >= 12) {
+                assert!(
+                    !r.stdout.contains(p.as_str()),
+                    "{what}: a piece on stdout: {}",
+                    r.stdout
+                );
+                assert!(
+                    !r.stderr.contains(p.as_str()),
+                    "{what}: a piece on stderr: {}",
+                    r.stderr
+                );
+            }
+            if r.stdout.starts_with('{') {
+                let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+                assert_eq!(v["candidates"], serde_json::json!(["main"]), "{what}");
+            } else {
+                assert_eq!(r.stdout, "main\n", "{what}");
+                // Pieces of 5 characters: not one of them is listed as a name.
+                for p in chunks(&jwt, 5) {
+                    assert!(!r.stdout.lines().any(|l| l == p), "{what}: {p} listed");
+                }
+            }
+            assert!(
+                r.stderr.contains("listed name(s) were withheld"),
+                "{what}: {}",
+                r.stderr
+            );
+        }
+    }
+}
+
 /// Percent-encoding as a URL query or a form body writes it.
 fn url_encode(s: &str, plus_for_space: bool) -> String {
     let mut out = String::new();
@@ -370,6 +455,38 @@ fn many_headers(n: usize) -> Vec<String> {
             ["--header".to_string(), format!("X-H{i:04}={value}")]
         })
         .collect()
+}
+
+/// The deadline holds whatever the redactor is given: many secrets, and a
+/// 409 of 15,000 long names.
+#[test]
+fn redaction_cannot_make_a_run_outlast_its_deadline() {
+    let names: Vec<String> = (0..15_000)
+        .map(|i| format!("agent-{i:05}-{}", "q".repeat(48)))
+        .collect();
+    let body = serde_json::json!({
+        "message": format!("Multiple agents found. Set CODER_AGENT_NAME to one of: {}", names.join(", "))
+    })
+    .to_string();
+    let raw = RawServer::start(move |_, _| {
+        http_response(
+            409,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .into()
+    });
+    let sim = start(Cloud::Aws, &["main"]);
+    let mut c = command(&sim, &Cloud::Aws);
+    c.env("CODER_AGENT_URL", &raw.url)
+        .args(["--timeout", "3s"])
+        .args(many_headers(3700));
+    let started = Instant::now();
+    let (r, rss) = run_measured(c);
+    let took = started.elapsed();
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    eprintln!("3,700 header values and 15,000 names: {took:?}, peak RSS {rss} KiB");
 }
 
 #[test]
