@@ -77,10 +77,10 @@ impl DmiSource {
         DmiSource { root: root.into() }
     }
 
+    /// Read one DMI file, `rel` under the root (never leaving `ROOT/sys`).
     pub fn read(&self, rel: &str) -> (String, Reading) {
-        let p = self.root.join(rel);
         let shown = Path::new("/").join(rel).display().to_string();
-        let reading = match crate::bounded::read_regular(&p, crate::bounded::DMI_CAP) {
+        let reading = match crate::bounded::read_beneath(&self.root, rel, crate::bounded::DMI_CAP) {
             Ok(bytes) => Reading::Value(String::from_utf8_lossy(&bytes).trim().to_string()),
             Err(ReadError::Io(e)) if e.kind() == ErrorKind::NotFound => Reading::Missing,
             Err(ReadError::Io(e)) if e.kind() == ErrorKind::PermissionDenied => {

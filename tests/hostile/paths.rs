@@ -60,6 +60,57 @@ fn detect_under(root: &Path, args: &[&str]) -> Run {
 }
 
 #[test]
+fn sysfs_root_never_leads_out_of_itself() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    fs::write(&secret, "TOPSECRET-FILE-CONTENT\n").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let id = root.path().join("sys/class/dmi/id");
+    fs::create_dir_all(&id).unwrap();
+    // An absolute link to a file outside, and the process's own environment.
+    symlink(&secret, id.join("product_name")).unwrap();
+    symlink("/proc/self/environ", id.join("sys_vendor")).unwrap();
+    // A relative link that climbs out of DIR, and one out of DIR/sys into DIR.
+    let depth = root.path().components().count() + 4;
+    symlink(
+        format!(
+            "{}{}",
+            "../".repeat(depth),
+            secret.strip_prefix("/").unwrap().display()
+        ),
+        id.join("chassis_asset_tag"),
+    )
+    .unwrap();
+    fs::write(
+        root.path().join("inside-dir-not-sys"),
+        "NOT-SYSFS-CONTENT\n",
+    )
+    .unwrap();
+    symlink("../../../../inside-dir-not-sys", id.join("board_asset_tag")).unwrap();
+    // A directory on the way that is a link out.
+    fs::create_dir_all(root.path().join("sys/hypervisor")).unwrap();
+    fs::create_dir_all(outside.path().join("hv")).unwrap();
+    fs::write(outside.path().join("hv/uuid"), "TOPSECRET-UUID-CONTENT\n").unwrap();
+    fs::remove_dir(root.path().join("sys/hypervisor")).unwrap();
+    symlink(
+        outside.path().join("hv"),
+        root.path().join("sys/hypervisor"),
+    )
+    .unwrap();
+    for args in [&["detect"][..], &["detect", "--json"], &["--timeout", "3s"]] {
+        let r = detect_under(root.path(), args);
+        assert_eq!(r.code, 5, "{args:?}: {r:?}");
+        for out in [&r.stdout, &r.stderr] {
+            for s in ["TOPSECRET", "env-s3cr3t", "CODER_AGENT_HEADER", "NOT-SYSFS"] {
+                assert!(!out.contains(s), "{args:?} shows {s}: {out}");
+            }
+        }
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(all.contains("out of"), "{args:?}: says why: {all}");
+    }
+}
+
+#[test]
 fn sysfs_links_that_stay_inside_are_followed() {
     // As on Linux: /sys/class/dmi/id is a link to ../../devices/virtual/dmi/id.
     let root = tempfile::tempdir().unwrap();
@@ -80,6 +131,18 @@ fn sysfs_links_that_stay_inside_are_followed() {
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(v["cloud"], "aws", "{v}");
     assert_eq!(v["method"], "dmi", "{v}");
+}
+
+#[test]
+fn only_short_sysfs_values_are_shown() {
+    let root = tempfile::tempdir().unwrap();
+    let id = root.path().join("sys/class/dmi/id");
+    fs::create_dir_all(&id).unwrap();
+    fs::write(id.join("product_name"), format!("{}\n", "L".repeat(2000))).unwrap();
+    let r = detect_under(root.path(), &["detect"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(!r.stdout.contains(&"L".repeat(300)), "{}", r.stdout);
+    assert!(r.stdout.contains("larger than"), "{}", r.stdout);
 }
 
 /// A world-writable working directory holding a `coder` that `owner` owns
