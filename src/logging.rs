@@ -24,9 +24,14 @@ pub fn init(cfg: &LogConfig) {
         .filter(|v| !v.trim().is_empty())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| default.parse().expect("static filter"));
+    // A stderr that cannot be written (closed by a reader that had enough)
+    // loses the line and nothing else: the layer must not report the failure
+    // with eprintln!, which panics on EPIPE. Off is tracing-subscriber's
+    // default now; it is set here so that no upgrade turns it on.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .log_internal_errors(false);
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match cfg.format {
         LogFormat::Json => registry.with(fmt.json().with_ansi(false)).try_init(),

@@ -126,26 +126,6 @@ impl Policy {
             .build()
     }
 
-    /// Run one step that is not retried (cloud detection) under the same
-    /// deadline; `blame` is the part it waits on.
-    pub async fn within<T>(
-        &self,
-        what: &str,
-        blame: Blame,
-        step: impl Future<Output = T>,
-    ) -> Result<T, Failure> {
-        match self.deadline {
-            None => Ok(step.await),
-            Some(d) => tokio::time::timeout_at(d, step)
-                .await
-                .map_err(|_| Failure::Timeout {
-                    why: format!("{} passed while {what}", self.budget(None)),
-                    last: format!("{what} did not finish before the deadline"),
-                    blame,
-                }),
-        }
-    }
-
     /// Run `attempt` until it succeeds, fails permanently, or the deadline
     /// passes. Each attempt is itself cut off at the deadline; `waiting` says
     /// which part an attempt cut off was waiting on. A server's `Retry-After`
@@ -532,26 +512,6 @@ mod tests {
         assert_eq!(human(Duration::from_millis(119_900)), "119.9 s");
         assert_eq!(human(Duration::from_secs(120)), "2m 0s");
         assert_eq!(human(Duration::from_secs(3725)), "62m 5s");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_single_step_is_cut_at_the_deadline_too() {
-        let p = Policy::new(Some(Duration::from_secs(1)));
-        let r = p
-            .within(
-                "detecting the cloud",
-                Blame::Metadata,
-                tokio::time::sleep(Duration::from_secs(2)),
-            )
-            .await;
-        let Err(Failure::Timeout { why, .. }) = r else {
-            panic!("{r:?}")
-        };
-        assert!(why.contains("while detecting the cloud"), "{why}");
-        assert_eq!(
-            p.within("x", Blame::Metadata, async { 5 }).await.unwrap(),
-            5
-        );
     }
 
     #[test]

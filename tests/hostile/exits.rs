@@ -5,9 +5,110 @@
 //! that are coderd's trouble or name the document's region.
 
 use std::fs;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+
+/// A pipe whose reading end is already closed: every write gets EPIPE, as
+/// after `… 2>&1 | grep -m1 x` has found its line.
+fn closed_pipe() -> OwnedFd {
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    unsafe {
+        libc::close(fds[0]);
+        OwnedFd::from_raw_fd(fds[1])
+    }
+}
+
+#[test]
+fn a_closed_stdout_and_stderr_do_not_turn_a_stored_token_into_a_crash() {
+    let sim = start(Cloud::Aws, &["main"]);
+    for args in [&["-vv"][..], &["--json", "-v", "--log-format", "json"]] {
+        let dir = tempfile::tempdir().unwrap();
+        let pipe = closed_pipe();
+        let mut c = command(&sim, &Cloud::Aws);
+        c.env("RUST_LOG", "trace")
+            .args(args)
+            .arg("--token-file")
+            .arg(token_path(&dir, "t"))
+            .stdout(Stdio::from(pipe.try_clone().unwrap()))
+            .stderr(Stdio::from(pipe));
+        let status = c.status().unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}: {status:?}");
+        assert_eq!(
+            fs::read_to_string(token_path(&dir, "t")).unwrap().trim(),
+            issued(&sim, "main")
+        );
+        assert!(
+            fs::read_dir(dir.path()).unwrap().count() == 1,
+            "no core file or temporary file next to the token"
+        );
+    }
+    // A failure keeps its own exit code.
+    let pipe = closed_pipe();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "nope", "-vv"])
+        .stdout(Stdio::from(pipe.try_clone().unwrap()))
+        .stderr(Stdio::from(pipe));
+    assert_eq!(c.status().unwrap().code(), Some(4));
+}
+
+/// A VM without DMI (a container) whose metadata service is `endpoint`.
+fn undetected(endpoint: &str, timeout: &str, dir: &tempfile::TempDir) -> Command {
+    let empty = dir.path().join("empty-sysfs");
+    fs::create_dir_all(&empty).unwrap();
+    let mut c = Command::new(bin());
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CODER_AGENT_METADATA_ENDPOINT", endpoint)
+        .env("CODER_AGENT_AUTH_SYSFS_ROOT", &empty)
+        .args(["--timeout", timeout, "--token-file"])
+        .arg(token_path(dir, "t"))
+        .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn probes_that_got_no_answer_are_retried_not_a_permanent_exit_5() {
+    // The metadata service does not answer the first round of probes (a
+    // container whose network is not up yet), then does.
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::metadata(FaultKind::Hang, 3)];
+    let sim = Sim::start(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = undetected(&sim.metadata_url(), "30s", &dir);
+    c.env("CODER_AGENT_URL", sim.coder_url());
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("retrying"), "{}", r.stderr);
+    // Never an answer: the deadline, exit 6, and the fix names the metadata service.
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::metadata(FaultKind::Hang, 1000)];
+    let sim = Sim::start(cfg);
+    let mut c = undetected(&sim.metadata_url(), "4s", &dir);
+    c.env("CODER_AGENT_URL", sim.coder_url());
+    let started = Instant::now();
+    let r = run(c);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(r.stderr.contains("no cloud detected"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("fix: check that this VM's metadata service answers"),
+        "{}",
+        r.stderr
+    );
+    // Every probe answered, and none was a cloud's: that is final, exit 5 at once.
+    let raw = RawServer::start(|_, _| http_response(404, &[], b"not here").into());
+    let mut c = undetected(&raw.url, "30s", &dir);
+    c.env("CODER_AGENT_URL", "http://127.0.0.1:9");
+    let started = Instant::now();
+    let r = run(c);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
 
 /// A sim whose buildinfo never answers.
 fn buildinfo_hangs(version: &str, extra: Vec<Fault>) -> Sim {

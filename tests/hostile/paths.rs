@@ -45,13 +45,15 @@ fn root_base() -> tempfile::TempDir {
     d
 }
 
-/// `detect` (and the exchange's exit 5) under `root`, with probes that fail at once.
+/// `detect` (and the exchange's exit 5) under `root`, with probes that a
+/// service which is no cloud's answers at once.
 fn detect_under(root: &Path, args: &[&str]) -> Run {
+    let none = RawServer::start(|_, _| http_response(404, &[], b"no such thing").into());
     let mut c = Command::new(bin());
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CODER_AGENT_HEADER", "X-Api-Key=env-s3cr3t-header-value")
-        .env("CODER_AGENT_METADATA_ENDPOINT", "http://127.0.0.1:9")
+        .env("CODER_AGENT_METADATA_ENDPOINT", &none.url)
         .env("CODER_AGENT_URL", "http://127.0.0.1:9")
         .env("CODER_AGENT_AUTH_SYSFS_ROOT", root)
         .args(args)
