@@ -103,3 +103,37 @@ fn the_header_commands_stderr_shows_no_secret_of_the_run() {
         );
     }
 }
+
+#[test]
+fn a_header_value_on_the_command_line_is_warned_about_once() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args([
+        "--header",
+        "X-One=first-s3cr3t",
+        "--header",
+        "X-Two=second-s3cr3t",
+        "--token-file",
+    ])
+    .arg(token_path(&dir, "t"));
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stderr.matches("/proc/").count(),
+        1,
+        "one warning: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--header"), "{}", r.stderr);
+    assert!(r.stderr.contains("CODER_AGENT_HEADER"), "{}", r.stderr);
+    assert!(!r.stderr.contains("s3cr3t"), "{}", r.stderr);
+    // From the environment (an env file): nothing to warn about.
+    let mut c = command(&sim, &Cloud::Aws);
+    c.env("CODER_AGENT_HEADER", "X-One=first-s3cr3t")
+        .arg("--token-file")
+        .arg(token_path(&dir, "t"));
+    let r = run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stderr.contains("/proc/"), "{}", r.stderr);
+}
