@@ -31,6 +31,9 @@ pub struct Answer<'a> {
     /// The `Retry-After` header, already parsed.
     pub retry_after: Option<Duration>,
     pub body: &'a [u8],
+    /// What the identity sent says that may explain a 401 (its provider's
+    /// [`crate::cloud::Provider::refusal_note`]): shown before the fix.
+    pub note: Option<&'a str>,
 }
 
 /// The error body Coder sends: `{"message", "detail"?, "validations"?}`.
@@ -198,6 +201,22 @@ fn server_side_fetch(detail: &str) -> Option<&'static str> {
         .map(|(_, what)| *what)
 }
 
+/// 401 details of coderd's newest Azure check (coderd/azureidentity, since
+/// it verifies the chain itself) that mean coderd could not verify a
+/// signature it has no reason to doubt: the signer's issuing-certificate
+/// URL is not on coderd's allowlist of hosts, or the certificates it fetched
+/// do not verify with the roots it holds. Azure chose both the signer and
+/// its issuer, so only a change to coderd (an upgrade, a fixed allowlist or
+/// root store) makes it accept this VM.
+const SERVER_VERIFY_FAILURES: &[&str] = &[
+    "issuing certificate URL not on allowlist",
+    "signature verification failed after fetching issuing certificates",
+];
+
+fn server_side_verify(detail: &str) -> bool {
+    SERVER_VERIFY_FAILURES.iter().any(|d| detail.contains(d))
+}
+
 /// Classify Coder's answer into the token or what the retry loop makes of
 /// it: the transient answers are [`Attempt::Retry`]; a 409 stops with
 /// [`Failure::Ambiguous`], refusals and unusable answers with [`Failure::Rejected`].
@@ -247,6 +266,16 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
             blame: Blame::Coder,
         })
     };
+    // coderd's own trouble, which no change on this VM can mend: retried (the
+    // VM recovers by itself once coderd is fixed), and the fix says so.
+    let server_side = |m: String| {
+        Err(Attempt::Retry {
+            message: m,
+            retry_after: a.retry_after,
+            blame: Blame::CoderItself,
+        })
+    };
+    let note = a.note.map(|n| format!("{n}\n")).unwrap_or_default();
     match status {
         404 if is_instance_not_found(message) => transient(format!(
             "Coder answered 404: {shown} (the workspace build has not registered this instance yet)"
@@ -260,12 +289,18 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
         )),
         401 if server.as_ref().and_then(|s| server_side_fetch(&s.detail)).is_some() => {
             let what = server_side_fetch(&server.as_ref().expect("checked").detail).expect("checked");
-            transient(format!(
+            server_side(format!(
                 "Coder answered 401: {shown}. The cause is on the server's side: coderd could not fetch \
                  {what}, which it checks identities with (its outbound network, or the provider's outage); \
                  this VM's identity was not judged"
             ))
         }
+        401 if server.as_ref().is_some_and(|s| server_side_verify(&s.detail)) => server_side(format!(
+            "Coder answered 401: {shown}. The cause is on the server's side: coderd could not verify \
+             Azure's signature with the certificates it allows and trusts, and Azure chose those \
+             certificates, not this VM; upgrade or fix coderd (its allowlist of certificate hosts, \
+             its roots), and this VM gets its token once coderd accepts it"
+        )),
         429 => transient(format!(
             "Coder answered 429: {shown} (its API rate limit, counted per client address: VMs behind one \
              NAT share it)"
@@ -276,8 +311,13 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
              fix: agent names match exactly and case-sensitively; use the name of a coder_agent on this \
              instance (run without --agent-name to list them)"
         ))),
-        401 | 403 => stop(Failure::Rejected(format!(
-            "Coder rejected this VM's identity with {status}: {shown}\n\
+        401 => stop(Failure::Rejected(format!(
+            "Coder rejected this VM's identity with 401: {shown}\n{note}\
+             fix: check that the template uses the matching *-instance-identity auth and that this VM \
+             belongs to the workspace"
+        ))),
+        403 => stop(Failure::Rejected(format!(
+            "Coder rejected this VM's identity with 403: {shown}\n\
              fix: check that the template uses the matching *-instance-identity auth and that this VM \
              belongs to the workspace"
         ))),
@@ -517,6 +557,7 @@ mod tests {
             content_type: JSON,
             retry_after: None,
             body,
+            note: None,
         }
     }
 
@@ -686,6 +727,7 @@ mod tests {
             content_type: Some("text/html"),
             retry_after: None,
             body: b"<html>Bad Gateway</html>",
+            note: None,
         };
         assert!(
             matches!(classify(&html, &Redactor::new()), Err(Attempt::Retry { message, .. }) if message.contains("Bad Gateway"))
@@ -724,6 +766,7 @@ mod tests {
             content_type: Some("text/html"),
             retry_after: None,
             body: b"<html>nope</html>",
+            note: None,
         };
         let cases: &[(Answer, &str)] = &[
             (
@@ -799,6 +842,49 @@ mod tests {
             c(401, body),
             Err(Attempt::Stop(Failure::Rejected(_)))
         ));
+    }
+
+    #[test]
+    fn coderds_own_azure_verification_trouble_is_the_servers_and_retried() {
+        // coderd/azureidentity's newest details: its allowlist, its roots.
+        for detail in [
+            "issuing certificate URL not on allowlist",
+            "signature verification failed after fetching issuing certificates",
+        ] {
+            let body = serde_json::json!({"message": "Invalid Azure identity.", "detail": detail})
+                .to_string();
+            let Err(Attempt::Retry { message, blame, .. }) = c(401, body.as_bytes()) else {
+                panic!("{detail}")
+            };
+            assert_eq!(blame, Blame::CoderItself, "{detail}");
+            assert!(message.contains("upgrade or fix coderd"), "{message}");
+            assert!(!message.contains("template"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_401_carries_the_identitys_note_before_the_fix() {
+        let a = Answer {
+            note: Some("note: the document says region ap-east-2"),
+            ..answer(
+                401,
+                br#"{"message":"Invalid AWS identity.","detail":"crypto/rsa: verification error"}"#,
+            )
+        };
+        let Err(Attempt::Stop(Failure::Rejected(m))) = classify(&a, &Redactor::new()) else {
+            panic!()
+        };
+        assert!(
+            m.contains("verification error)\nnote: the document says region ap-east-2\nfix: check"),
+            "{m}"
+        );
+        // Without a note, nothing between the message and the fix.
+        let Err(Attempt::Stop(Failure::Rejected(m))) =
+            c(401, br#"{"message":"Invalid AWS identity."}"#)
+        else {
+            panic!()
+        };
+        assert!(m.contains("identity.\nfix: check"), "{m}");
     }
 
     #[test]

@@ -315,11 +315,13 @@ impl CoderClient {
                 ANSWER_CAP / 1024
             ))));
         }
+        let note = identity.cloud().refusal_note(identity);
         let answer = Answer {
             status: r.status,
             content_type: r.content_type.as_deref(),
             retry_after: r.retry_after,
             body: &r.body,
+            note: note.as_deref(),
         };
         // Through a proxy, the answer may be the proxy's own (502, 407): say so.
         let via = if self.route.is_proxied() {

