@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::automaton::Automaton;
+use aho_corasick::nfa::contiguous;
+use aho_corasick::{Input, MatchKind};
 
 /// How much of a server's message is shown.
 pub const EXCERPT_CHARS: usize = 300;
@@ -130,8 +132,10 @@ pub struct Redactor {
 struct Layer {
     /// The secrets as given (so a secret held already is not added again).
     secrets: HashSet<String>,
-    /// Every form of every secret of the batch.
-    exact: Option<AhoCorasick>,
+    /// Every form of every secret of the batch, as one Aho-Corasick
+    /// automaton (the contiguous NFA alone: the crate's all-purpose wrapper
+    /// would also link a DFA that a few thousand patterns do not need).
+    exact: Option<contiguous::NFA>,
     /// Fingerprints of the [`FRAGMENT`]-long windows of the long secrets'
     /// base64/JWT core.
     fragments: HashSet<u64, Fingerprinted>,
@@ -151,7 +155,7 @@ struct Pending {
 impl Pending {
     fn build(&self) -> Layer {
         let exact = (!self.forms.is_empty()).then(|| {
-            AhoCorasick::builder()
+            contiguous::NFA::builder()
                 .match_kind(MatchKind::Standard)
                 .build(&self.forms)
                 .expect("a few MiB of literal patterns always build")
@@ -530,7 +534,10 @@ impl Redactor {
         let mut spans = Vec::new();
         for l in layers {
             if let Some(ac) = &l.exact {
-                for m in ac.find_overlapping_iter(text) {
+                let matches = ac
+                    .try_find_overlapping_iter(Input::new(text))
+                    .expect("built for overlapping search (standard semantics, unanchored)");
+                for m in matches {
                     spans.push((m.start(), m.end()));
                     if spans.len() > MATCHES_MAX {
                         return None;
