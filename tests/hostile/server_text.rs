@@ -519,5 +519,6 @@ fn a_64_kib_transient_message_costs_little_per_attempt() {
     assert!(took < Duration::from_millis(3500), "took {took:?}");
     let attempts = raw.requests().len();
     assert!(attempts >= 4, "{attempts} attempts in 3 s");
+    eprintln!("a 64 KiB 503 and 3,700 header values: {attempts} attempts in {took:?}");
     assert!(r.stderr.len() < 8000, "{} bytes", r.stderr.len());
 }
