@@ -2,19 +2,25 @@
 //! the DMI attributes under /sys. Only a regular file is read, never more than a
 //! cap, and nothing here can block: a FIFO, a device such as /dev/zero, a socket
 //! or a directory is refused before a single byte is read, so `--timeout` and
-//! the signals keep governing the run.
+//! the signals keep governing the run. The DMI files are read under a root
+//! (`--sysfs-root`) that no symbolic link can lead out of.
 
+use std::ffi::CString;
 use std::fmt;
 use std::fs::{self, File, FileType, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `--ca-cert`: a CA bundle is a few hundred KiB at most (Debian's whole
 /// ca-certificates.crt is about 220 KiB).
 pub const CA_CERT_CAP: u64 = 4 << 20;
-/// A sysfs attribute holds at most one page, and DMI strings are a few bytes.
-pub const DMI_CAP: u64 = 8 << 10;
+/// DMI strings are a few dozen bytes (SMBIOS strings are short; a UUID is
+/// 36): a longer "attribute" is no DMI value, and is not shown.
+pub const DMI_CAP: u64 = 256;
+/// Symbolic links followed on the way to one file, as the kernel allows.
+const LINKS_MAX: usize = 40;
 
 /// Why a file was not read.
 #[derive(Debug)]
@@ -25,6 +31,9 @@ pub enum ReadError {
     NotRegular(&'static str),
     /// Larger than the cap (in bytes).
     TooLarge { cap: u64 },
+    /// A symbolic link on the way is absolute, or climbs above the directory
+    /// the file is read under.
+    LeadsOut,
 }
 
 impl fmt::Display for ReadError {
@@ -33,6 +42,10 @@ impl fmt::Display for ReadError {
             ReadError::Io(e) => write!(f, "{e}"),
             ReadError::NotRegular(what) => write!(f, "it is {what}, not a regular file"),
             ReadError::TooLarge { cap } => write!(f, "it is larger than {}", human(*cap)),
+            ReadError::LeadsOut => f.write_str(
+                "a symbolic link on the way leads out of the directory it is read under \
+                 (an absolute link, or one that climbs above it): not followed",
+            ),
         }
     }
 }
@@ -89,6 +102,12 @@ pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)?;
+    read_open(f, cap)
+}
+
+/// Read an open file: checked again with fstat(2) (so what is read is what
+/// was checked), at most `cap` bytes.
+fn read_open(f: File, cap: u64) -> Result<Vec<u8>, ReadError> {
     let meta = f.metadata()?;
     if !meta.file_type().is_file() {
         return Err(ReadError::NotRegular(kind_name(&meta.file_type())));
@@ -104,6 +123,131 @@ pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
         return Err(ReadError::TooLarge { cap });
     }
     Ok(buf)
+}
+
+/// The last OS error, as an `io::Error`.
+fn os_error() -> ReadError {
+    ReadError::Io(io::Error::last_os_error())
+}
+
+/// `name` (one path component) of the directory `dir`, as a C string.
+fn c_name(name: &std::ffi::OsStr) -> Result<CString, ReadError> {
+    CString::new(name.as_bytes())
+        .map_err(|_| ReadError::Io(io::Error::from(io::ErrorKind::InvalidInput)))
+}
+
+/// Read `rel` (a relative path, `sys/class/dmi/id/sys_vendor`) under `root`
+/// as [`read_regular`] does, without ever leaving `root/<first component of
+/// rel>` (`root/sys`): each component is looked at and opened relative to the
+/// directory before it, never following a link by itself (`O_NOFOLLOW`); a
+/// symbolic link is followed here, and only when it is relative and stays
+/// inside (sysfs's own links, such as `class/dmi/id ->
+/// ../../devices/virtual/dmi/id`, do). An absolute link, or a `..` above,
+/// is [`ReadError::LeadsOut`]. `root` itself is the operator's choice, and
+/// is opened as given.
+pub fn read_beneath(root: &Path, rel: &str, cap: u64) -> Result<Vec<u8>, ReadError> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let open_at = |dir: libc::c_int, name: &CString, flags: libc::c_int| {
+        // SAFETY: name is NUL-terminated; the returned fd (if any) is owned below.
+        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            Err(os_error())
+        } else {
+            // SAFETY: fd was just opened and is owned by nothing else.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+    };
+    let root_c = CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| ReadError::Io(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let mut dirs = vec![open_at(
+        libc::AT_FDCWD,
+        &root_c,
+        libc::O_PATH | libc::O_DIRECTORY,
+    )?];
+    let mut todo: VecDeque<OsString> = Path::new(rel)
+        .components()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let mut links = 0;
+    while let Some(part) = todo.pop_front() {
+        if part == "." || part == "/" {
+            continue;
+        }
+        if part == ".." {
+            // dirs[1] is root/<first component>: never above it.
+            if dirs.len() <= 2 {
+                return Err(ReadError::LeadsOut);
+            }
+            dirs.pop();
+            continue;
+        }
+        let dir = dirs.last().expect("the root stays").as_raw_fd();
+        let name = c_name(&part)?;
+        // SAFETY: an all-zero stat is valid; name is NUL-terminated.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            return Err(os_error());
+        }
+        let last = todo.is_empty();
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                links += 1;
+                if links > LINKS_MAX {
+                    return Err(ReadError::Io(io::Error::from_raw_os_error(libc::ELOOP)));
+                }
+                let mut buf = vec![0u8; libc::PATH_MAX as usize];
+                // SAFETY: buf is valid for writes of buf.len() bytes.
+                let n = unsafe {
+                    libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                };
+                if n < 0 {
+                    return Err(os_error());
+                }
+                buf.truncate(n as usize);
+                let target = PathBuf::from(OsString::from_vec(buf));
+                if target.is_absolute() {
+                    return Err(ReadError::LeadsOut);
+                }
+                for c in target.components().rev() {
+                    todo.push_front(c.as_os_str().to_os_string());
+                }
+            }
+            libc::S_IFDIR if !last => {
+                dirs.push(open_at(
+                    dir,
+                    &name,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                )?);
+            }
+            libc::S_IFREG if last => {
+                let fd = open_at(
+                    dir,
+                    &name,
+                    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+                )?;
+                return read_open(File::from(fd), cap);
+            }
+            _ if !last => return Err(ReadError::Io(io::Error::from_raw_os_error(libc::ENOTDIR))),
+            _ => return Err(ReadError::NotRegular(mode_name(st.st_mode))),
+        }
+    }
+    Err(ReadError::NotRegular("a directory"))
+}
+
+/// [`kind_name`] of a raw `st_mode`.
+fn mode_name(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a FIFO (named pipe)",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFLNK => "a symbolic link",
+        _ => "not a regular file",
+    }
 }
 
 /// The certificates of `--ca-cert`: an existing regular PEM file of at most
@@ -175,9 +319,74 @@ mod tests {
     }
 
     #[test]
+    fn a_file_under_a_root_is_read_without_leaving_it() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "secret\n").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let real = r.join("sys/devices/virtual/dmi/id");
+        fs::create_dir_all(&real).unwrap();
+        fs::write(real.join("sys_vendor"), "Amazon EC2\n").unwrap();
+        fs::create_dir_all(r.join("sys/class/dmi")).unwrap();
+        // As on Linux: class/dmi/id is a relative link into devices/.
+        symlink("../../devices/virtual/dmi/id", r.join("sys/class/dmi/id")).unwrap();
+        let read = |rel: &str| read_beneath(r, rel, DMI_CAP);
+        assert_eq!(
+            read("sys/class/dmi/id/sys_vendor").unwrap(),
+            b"Amazon EC2\n"
+        );
+        // A link to a link, both inside.
+        symlink("sys_vendor", real.join("vendor")).unwrap();
+        symlink("vendor", real.join("vendor2")).unwrap();
+        assert_eq!(read("sys/class/dmi/id/vendor2").unwrap(), b"Amazon EC2\n");
+        // Absolute links, and links that climb out of ROOT/sys, are not followed.
+        symlink(outside.path().join("secret"), real.join("abs")).unwrap();
+        symlink("/proc/self/environ", real.join("environ")).unwrap();
+        symlink("../../../../../x", real.join("up")).unwrap();
+        fs::write(r.join("beside-sys"), "not sysfs\n").unwrap();
+        symlink("../../../../../beside-sys", real.join("beside")).unwrap();
+        for name in ["abs", "environ", "up", "beside"] {
+            let rel = format!("sys/class/dmi/id/{name}");
+            assert!(matches!(read(&rel), Err(ReadError::LeadsOut)), "{name}");
+        }
+        assert!(matches!(
+            read("sys/../beside-sys"),
+            Err(ReadError::LeadsOut)
+        ));
+        // A directory on the way that is a link out.
+        symlink(outside.path(), r.join("sys/hypervisor")).unwrap();
+        assert!(matches!(
+            read("sys/hypervisor/secret"),
+            Err(ReadError::LeadsOut)
+        ));
+        // Missing, a loop, a directory, a file on the way.
+        assert!(
+            matches!(read("sys/class/dmi/id/none"), Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound)
+        );
+        symlink("loop", real.join("loop")).unwrap();
+        assert!(
+            matches!(read("sys/class/dmi/id/loop"), Err(ReadError::Io(e)) if e.raw_os_error() == Some(libc::ELOOP))
+        );
+        assert!(matches!(
+            read("sys/class/dmi/id"),
+            Err(ReadError::NotRegular("a directory"))
+        ));
+        assert!(
+            matches!(read("sys/class/dmi/id/sys_vendor/x"), Err(ReadError::Io(e)) if e.raw_os_error() == Some(libc::ENOTDIR))
+        );
+        // Over the cap: not read.
+        fs::write(real.join("long"), vec![b'L'; DMI_CAP as usize + 1]).unwrap();
+        assert!(matches!(
+            read("sys/class/dmi/id/long"),
+            Err(ReadError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn sizes_are_shown_in_their_unit() {
         assert_eq!(human(CA_CERT_CAP), "4 MiB");
-        assert_eq!(human(DMI_CAP), "8 KiB");
+        assert_eq!(human(DMI_CAP), "256 bytes");
         assert_eq!(human(100), "100 bytes");
     }
 }

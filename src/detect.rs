@@ -59,6 +59,10 @@ pub struct Probe {
     pub result: String,
     pub decisive: bool,
     pub elapsed_ms: u64,
+    /// It got no answer (a timeout, a connection or transport failure) or a
+    /// 429 or 5xx: a later probe may be answered.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +74,11 @@ pub struct Detection {
     pub probes: Vec<Probe>,
     /// Notes such as "AWS is excluded: AWS_EC2_METADATA_DISABLED=true".
     pub notes: Vec<String>,
+    /// No cloud was found, but a probe got no answer (or a 429 or 5xx), or
+    /// the probe phase ended before every probe did: a metadata service that
+    /// is not up yet looks the same, so this may change.
+    #[serde(skip)]
+    pub inconclusive: bool,
 }
 
 impl DmiSource {
@@ -77,10 +86,10 @@ impl DmiSource {
         DmiSource { root: root.into() }
     }
 
+    /// Read one DMI file, `rel` under the root (never leaving `ROOT/sys`).
     pub fn read(&self, rel: &str) -> (String, Reading) {
-        let p = self.root.join(rel);
         let shown = Path::new("/").join(rel).display().to_string();
-        let reading = match crate::bounded::read_regular(&p, crate::bounded::DMI_CAP) {
+        let reading = match crate::bounded::read_beneath(&self.root, rel, crate::bounded::DMI_CAP) {
             Ok(bytes) => Reading::Value(String::from_utf8_lossy(&bytes).trim().to_string()),
             Err(ReadError::Io(e)) if e.kind() == ErrorKind::NotFound => Reading::Missing,
             Err(ReadError::Io(e)) if e.kind() == ErrorKind::PermissionDenied => {
@@ -123,9 +132,13 @@ async fn probe_one(client: MetadataClient, site: Site) -> Probe {
         .request(spec.method.clone(), url)
         .header(spec.header.0, spec.header.1)
         .timeout(PROBE_TIMEOUT);
-    let (result, decisive) = match client.send("probe", req).await {
-        Err(e) => (e.cause.to_string(), false),
-        Ok(resp) => (format!("answered {}", resp.status), (spec.decisive)(&resp)),
+    let (result, decisive, transient) = match client.send("probe", req).await {
+        Err(e) => (e.cause.to_string(), false, e.transient),
+        Ok(resp) => (
+            format!("answered {}", resp.status),
+            (spec.decisive)(&resp),
+            resp.status == 429 || (500..=599).contains(&resp.status),
+        ),
     };
     Probe {
         cloud: site.cloud,
@@ -133,6 +146,7 @@ async fn probe_one(client: MetadataClient, site: Site) -> Probe {
         result,
         decisive,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        transient,
     }
 }
 
@@ -183,6 +197,7 @@ pub async fn detect(src: &DmiSource, client: &MetadataClient, endpoints: &Endpoi
             signals,
             probes: vec![],
             notes,
+            inconclusive: false,
         };
     }
     for site in endpoints.sites() {
@@ -205,20 +220,42 @@ pub async fn detect(src: &DmiSource, client: &MetadataClient, endpoints: &Endpoi
                 signals,
                 probes: vec![],
                 notes,
+                inconclusive: false,
             };
         }
     }
     let (cloud, probes) = probe(client, endpoints).await;
+    let probed = endpoints
+        .sites()
+        .iter()
+        .filter(|s| s.disabled_by.is_none())
+        .count();
+    let inconclusive =
+        cloud.is_none() && (probes.len() < probed || probes.iter().any(|p| p.transient));
     Detection {
         cloud,
         method: if cloud.is_some() { "probe" } else { "none" },
         signals,
         probes,
         notes,
+        inconclusive,
     }
 }
 
 impl Detection {
+    /// The probes in one line: "aws: timed out, gcp: answered 404". A probe
+    /// the probe phase cut is not listed.
+    pub fn probes_summary(&self) -> String {
+        if self.probes.is_empty() {
+            return format!("none finished within {} s", PROBE_PHASE.as_secs_f32());
+        }
+        self.probes
+            .iter()
+            .map(|p| format!("{}: {}", p.cloud.id(), p.result))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Human-readable report (the `detect` command and the exit-5 message).
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -43,7 +43,13 @@ pub fn init(cfg: &LogConfig) {
         .filter(|v| !v.trim().is_empty())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| default.parse().expect("static filter"));
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    // A stderr that cannot be written (closed by a reader that had enough)
+    // loses the line and nothing else: the layer must not report the failure
+    // with eprintln!, which panics on EPIPE. Off is tracing-subscriber's
+    // default now; it is set here so that no upgrade turns it on.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .log_internal_errors(false);
     let registry = tracing_subscriber::registry().with(filter);
     let journal = stderr_is_journal();
     let colour = !journal && !no_color() && std::io::stderr().is_terminal();

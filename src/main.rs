@@ -25,7 +25,30 @@ fn exit_code(result: &Result<Done, Failure>) -> i32 {
     }
 }
 
+/// No core file of this process, whatever kills it: it holds the identity,
+/// the header values and the token. (A program it starts is dumpable again
+/// once it execs.)
+fn no_core_dumps() {
+    // SAFETY: PR_SET_DUMPABLE takes plain integers and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
+/// Write what was rendered. A closed stdout or stderr (`… 2>&1 | grep -m1
+/// x`) changes nothing: the outcome (a token stored, say) stands, and so
+/// does its exit code.
+fn print(out: &coder_agent_auth::Rendered) {
+    use std::io::Write;
+    // Under journald every line of the error carries the priority <3>.
+    let _ = std::io::stderr().write_all(coder_agent_auth::error_for_stderr(&out.stderr).as_bytes());
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.stdout.as_bytes());
+    let _ = stdout.flush();
+}
+
 fn main() {
+    no_core_dumps();
     let finished: Finished = match coder_agent_auth::run_args(std::env::args_os()) {
         Ok(finished) => finished,
         // --help, --version: printed on stdout, exit 0.
@@ -37,15 +60,20 @@ fn main() {
     } else {
         finished.render_text()
     };
-    // Under journald every line of the error carries the priority <3>.
-    eprint!("{}", coder_agent_auth::error_for_stderr(&out.stderr));
-    print!("{}", out.stdout);
+    print(&out);
     std::process::exit(code);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_leaves_no_core_file() {
+        no_core_dumps();
+        // SAFETY: PR_GET_DUMPABLE takes no pointer.
+        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }, 0);
+    }
 
     #[test]
     fn exit_codes_are_stable() {

@@ -35,6 +35,9 @@ pub enum Blame {
     Version,
     /// The exchange at Coder.
     Coder,
+    /// coderd itself: it answered, but its own trouble (a certificate it
+    /// cannot fetch or verify) keeps it from judging this VM.
+    CoderItself,
 }
 
 impl Blame {
@@ -57,6 +60,10 @@ impl Blame {
             Blame::Coder => {
                 "fix: check that the Coder URL is reachable from this VM; raise --timeout \
                  (CODER_AGENT_AUTH_TIMEOUT) if the workspace build is slow to register the instance"
+            }
+            Blame::CoderItself => {
+                "fix: upgrade or fix coderd (the last error says what it could not do; its logs say \
+                 more): nothing on this VM is at fault, and it gets its token once coderd accepts it"
             }
         }
     }

@@ -66,6 +66,10 @@ pub struct Policy {
     share: Option<(&'static str, Duration)>,
 }
 
+/// An attempt the deadline cuts within this long of its start blames the
+/// part that failed before it, not the part it had only begun to wait on.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
 /// The first retry comes after 100–200 ms; delays double up to 5–10 s (with jitter).
 const MIN_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
@@ -122,26 +126,6 @@ impl Policy {
             .build()
     }
 
-    /// Run one step that is not retried (cloud detection) under the same
-    /// deadline; `blame` is the part it waits on.
-    pub async fn within<T>(
-        &self,
-        what: &str,
-        blame: Blame,
-        step: impl Future<Output = T>,
-    ) -> Result<T, Failure> {
-        match self.deadline {
-            None => Ok(step.await),
-            Some(d) => tokio::time::timeout_at(d, step)
-                .await
-                .map_err(|_| Failure::Timeout {
-                    why: format!("{} passed while {what}", self.budget(None)),
-                    last: format!("{what} did not finish before the deadline"),
-                    blame,
-                }),
-        }
-    }
-
     /// Run `attempt` until it succeeds, fails permanently, or the deadline
     /// passes. Each attempt is itself cut off at the deadline; `waiting` says
     /// which part an attempt cut off was waiting on. A server's `Retry-After`
@@ -158,22 +142,39 @@ impl Policy {
         Fut: Future<Output = Result<T, E>>,
     {
         let mut delays = self.delays();
-        let mut last: Option<String> = None;
+        // The last transient failure, and the part that failed.
+        let mut last: Option<(String, Blame)> = None;
         for n in 1u32.. {
+            let started = Instant::now();
             let result = match self.deadline {
                 Some(d) => match tokio::time::timeout_at(d, attempt()).await {
                     Ok(r) => r,
                     Err(_) => {
+                        // An attempt cut moments after it began says little
+                        // about the part it was waiting on: the part that
+                        // failed last is named then.
+                        let in_flight = waiting();
+                        let blame = match &last {
+                            Some((_, b)) if started.elapsed() < CUT_GRACE => *b,
+                            _ => in_flight,
+                        };
+                        let waiting_for = match in_flight {
+                            Blame::HeaderCommand => {
+                                "for the header command, which was killed with every process it \
+                                 started"
+                            }
+                            _ => "for an answer",
+                        };
                         return Err(Failure::Timeout {
                             why: format!(
-                                "{} passed while attempt {n} was still waiting for an answer",
+                                "{} passed while attempt {n} was still waiting {waiting_for}",
                                 self.budget(None)
                             ),
-                            last: last.unwrap_or_else(|| {
+                            last: last.map(|(m, _)| m).unwrap_or_else(|| {
                                 format!("{what} did not finish before the deadline")
                             }),
-                            blame: waiting(),
-                        })
+                            blame,
+                        });
                     }
                 },
                 None => attempt().await,
@@ -223,7 +224,7 @@ impl Policy {
                 "{what} failed (transient): {message}; retrying in {}",
                 human(delay)
             );
-            last = Some(message);
+            last = Some((message, blame));
             tokio::time::sleep(delay).await;
         }
         unreachable!("the attempt counter is unbounded")
@@ -366,6 +367,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_cut_names_the_part_waited_on_unless_it_had_only_begun() {
+        // Attempt 1 fails at Coder after `first`; attempt 2 hangs at the
+        // metadata service until the deadline (3 s) cuts it.
+        async fn blame(first: Duration) -> Blame {
+            let p = Policy::new(Some(Duration::from_secs(3)));
+            let calls = Cell::new(0);
+            let phase = Cell::new(Blame::Coder);
+            let r: Result<(), Failure> = p
+                .run("t", &|| phase.get(), || async {
+                    calls.set(calls.get() + 1);
+                    if calls.get() == 1 {
+                        tokio::time::sleep(first).await;
+                        return Err(Attempt::retry(Blame::Coder, "503"));
+                    }
+                    phase.set(Blame::Metadata);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(())
+                })
+                .await;
+            let Err(Failure::Timeout { blame, last, .. }) = r else {
+                panic!("{r:?}")
+            };
+            assert_eq!(last, "503");
+            blame
+        }
+        // Waiting on the metadata service for seconds: it is named.
+        assert_eq!(blame(Duration::ZERO).await, Blame::Metadata);
+        // Cut moments after it began: the part that failed is named.
+        assert_eq!(blame(Duration::from_millis(2500)).await, Blame::Coder);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn retry_after_is_waited_for_at_least() {
         let p = Policy::new(Some(Duration::from_secs(60)));
         let start = Instant::now();
@@ -479,26 +512,6 @@ mod tests {
         assert_eq!(human(Duration::from_millis(119_900)), "119.9 s");
         assert_eq!(human(Duration::from_secs(120)), "2m 0s");
         assert_eq!(human(Duration::from_secs(3725)), "62m 5s");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_single_step_is_cut_at_the_deadline_too() {
-        let p = Policy::new(Some(Duration::from_secs(1)));
-        let r = p
-            .within(
-                "detecting the cloud",
-                Blame::Metadata,
-                tokio::time::sleep(Duration::from_secs(2)),
-            )
-            .await;
-        let Err(Failure::Timeout { why, .. }) = r else {
-            panic!("{r:?}")
-        };
-        assert!(why.contains("while detecting the cloud"), "{why}");
-        assert_eq!(
-            p.within("x", Blame::Metadata, async { 5 }).await.unwrap(),
-            5
-        );
     }
 
     #[test]

@@ -5,6 +5,11 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+
+use aho_corasick::automaton::Automaton;
+use aho_corasick::nfa::contiguous;
+use aho_corasick::{Input, MatchKind};
 
 /// How much of a server's message is shown.
 pub const EXCERPT_CHARS: usize = 300;
@@ -15,6 +20,9 @@ const MIN_SECRET: usize = 6;
 /// A run of this many characters of a long secret, found anywhere (even
 /// re-wrapped or re-escaped), means the text repeats the secret.
 const FRAGMENT: usize = 24;
+/// A run of this many characters of a long secret may be one of several
+/// pieces that together repeat it (a 409's names, a message's words).
+const PIECE: usize = 8;
 /// Only this much of a text is searched for fragments (and shown at all).
 const SCAN_CAP: usize = 64 * 1024;
 
@@ -100,14 +108,109 @@ pub fn show_names<S: AsRef<str>>(names: &[S], max: usize) -> String {
 }
 
 /// Removes the secrets this run holds from text that a server wrote, in the
-/// forms a server or proxy might echo them: as sent, JSON-escaped (once or
-/// twice, Go-style or not), with their base64 re-wrapped or unwrapped.
+/// forms a server or proxy might echo them: as sent; JSON-escaped (once or
+/// twice, Go-style or not); URL-encoded (as a URL or a form writes it);
+/// HTML-escaped; with their base64 re-wrapped or unwrapped; and as pieces
+/// that together repeat a run of a long secret (split across lines, names
+/// or words, whatever separates them).
+///
+/// The work is linear in the text and does not depend on how many secrets
+/// are held: each batch of secrets is one Aho-Corasick automaton (every
+/// form of every secret, found in one pass), built once and shared by every
+/// clone, and the runs of a secret's characters are looked up by hash.
 #[derive(Default, Clone)]
 pub struct Redactor {
-    /// Exact forms, longest first.
-    exact: Vec<String>,
-    /// FRAGMENT-long windows of the long secrets' base64/JWT alphabet core.
-    fragments: HashSet<Vec<u8>>,
+    /// Batches already built (shared by clones).
+    sealed: Vec<Arc<Layer>>,
+    /// Secrets added since the last batch was built.
+    pending: Pending,
+    /// `pending`, built on first use.
+    built: OnceLock<Arc<Layer>>,
+}
+
+/// One batch of secrets, ready to search for.
+struct Layer {
+    /// The secrets as given (so a secret held already is not added again).
+    secrets: HashSet<String>,
+    /// Every form of every secret of the batch, as one Aho-Corasick
+    /// automaton (the contiguous NFA alone: the crate's all-purpose wrapper
+    /// would also link a DFA that a few thousand patterns do not need).
+    exact: Option<contiguous::NFA>,
+    /// Fingerprints of the [`FRAGMENT`]-long windows of the long secrets'
+    /// base64/JWT core.
+    fragments: HashSet<u64, Fingerprinted>,
+    /// Fingerprints of their [`PIECE`]-long windows.
+    pieces: HashSet<u64, Fingerprinted>,
+}
+
+#[derive(Default, Clone)]
+struct Pending {
+    secrets: HashSet<String>,
+    forms: Vec<String>,
+    seen: HashSet<String>,
+    fragments: HashSet<u64, Fingerprinted>,
+    pieces: HashSet<u64, Fingerprinted>,
+}
+
+impl Pending {
+    fn build(&self) -> Layer {
+        let exact = (!self.forms.is_empty()).then(|| {
+            contiguous::NFA::builder()
+                .match_kind(MatchKind::Standard)
+                .build(&self.forms)
+                .expect("a few MiB of literal patterns always build")
+        });
+        Layer {
+            secrets: self.secrets.clone(),
+            exact,
+            fragments: self.fragments.clone(),
+            pieces: self.pieces.clone(),
+        }
+    }
+}
+
+/// The windows are stored as 64-bit fingerprints: a set of `u64` needs no
+/// further hashing.
+#[derive(Default, Clone, Copy)]
+struct Fingerprinted;
+
+impl std::hash::BuildHasher for Fingerprinted {
+    type Hasher = Identity;
+    fn build_hasher(&self) -> Identity {
+        Identity(0)
+    }
+}
+
+struct Identity(u64);
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A 64-bit fingerprint of a window (splitmix64 over its 8-byte words):
+/// two different windows share one with a chance of about 2^-64.
+fn fingerprint(w: &[u8]) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ w.len() as u64;
+    for chunk in w.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h ^= u64::from_le_bytes(word);
+        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+    }
+    h
 }
 
 /// Text after redaction.
@@ -120,12 +223,14 @@ pub struct Clean {
     pub dropped: usize,
 }
 
+#[cfg(test)]
 fn json_escape(s: &str) -> String {
     let quoted = serde_json::to_string(s).unwrap_or_default();
     quoted[1..quoted.len().saturating_sub(1).max(1)].to_string()
 }
 
 /// Go's encoding/json also escapes <, > and & (and U+2028/9).
+#[cfg(test)]
 fn go_json_escape(s: &str) -> String {
     json_escape(s)
         .replace('<', "\\u003c")
@@ -135,56 +240,248 @@ fn go_json_escape(s: &str) -> String {
         .replace('\u{2029}', "\\u2029")
 }
 
-/// The characters of base64, base64url and JWTs, in order: what survives any
-/// re-wrapping or re-escaping of a base64 value.
-fn core(s: &str) -> Vec<u8> {
-    s.bytes()
-        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
-        .collect()
+/// Percent-encoding as URLs and forms write it (RFC 3986's unreserved
+/// characters kept, upper-case hex); `plus`: a space is `+` (a form, Go's
+/// `url.QueryEscape`).
+#[cfg(test)]
+fn percent_encode(s: &str, plus: bool) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' if plus => out.push('+'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
 }
 
-/// `s` with JSON string escapes decoded (best effort, for scanning only).
+/// `s` HTML-escaped, in each spelling of the quotes that escapers use
+/// (`&quot;` `&#34;` `&#x22;`, `&#39;` `&#x27;` `&apos;`).
+#[cfg(test)]
+fn html_escapes(s: &str) -> Vec<String> {
+    let base = s
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let quotes: &[&str] = if s.contains('"') {
+        &["&quot;", "&#34;", "&#x22;"]
+    } else {
+        &["\""]
+    };
+    let apostrophes: &[&str] = if s.contains('\'') {
+        &["&#39;", "&#x27;", "&apos;"]
+    } else {
+        &["'"]
+    };
+    let mut out = Vec::new();
+    for q in quotes {
+        for a in apostrophes {
+            out.push(base.replace('"', q).replace('\'', a));
+        }
+    }
+    out
+}
+
+/// Is this byte one of base64's, base64url's or a JWT's? Those survive any
+/// re-wrapping or re-escaping of a base64 value.
+fn is_core(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+}
+
+/// The core characters of `s`, in order.
+fn core(s: &str) -> Vec<u8> {
+    s.bytes().filter(|b| is_core(*b)).collect()
+}
+
+/// `s` with JSON string escapes decoded wherever they are (best effort,
+/// for scanning only: an escape that is not one is kept as it is).
 fn unescape(s: &str) -> String {
-    match serde_json::from_str::<String>(&format!("\"{s}\"")) {
-        Ok(v) => v,
-        Err(_) => s
-            .replace("\\n", "\n")
-            .replace("\\r", "\r")
-            .replace("\\t", "\t")
-            .replace("\\/", "/")
-            .replace("\\\"", "\"")
-            .replace("\\\\", "\\"),
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let hex4 = |r: &str| {
+            r.get(2..6)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+        };
+        let (decoded, len) = match rest.as_bytes().get(1) {
+            Some(b'n') => (Some('\n'), 2),
+            Some(b'r') => (Some('\r'), 2),
+            Some(b't') => (Some('\t'), 2),
+            Some(b'b') => (Some('\u{8}'), 2),
+            Some(b'f') => (Some('\u{c}'), 2),
+            Some(b'/') => (Some('/'), 2),
+            Some(b'"') => (Some('"'), 2),
+            Some(b'\\') => (Some('\\'), 2),
+            Some(b'u') => match hex4(rest) {
+                // A surrogate pair: two escapes for one character.
+                Some(hi @ 0xd800..=0xdbff) => match rest.get(6..8) {
+                    Some("\\u") => match hex4(&rest[6..]) {
+                        Some(lo @ 0xdc00..=0xdfff) => (
+                            char::from_u32(0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00)),
+                            12,
+                        ),
+                        _ => (None, 1),
+                    },
+                    _ => (None, 1),
+                },
+                Some(c) => (char::from_u32(c), 6),
+                None => (None, 1),
+            },
+            _ => (None, 1),
+        };
+        match decoded {
+            Some(c) => out.push(c),
+            None => out.push('\\'),
+        }
+        rest = &rest[if decoded.is_some() { len } else { 1 }..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `s` with percent-encoding decoded; `form`: a `+` is a space, as in a
+/// form or a URL's query written by Go's `url.QueryEscape`.
+fn percent_decode(s: &str, form: bool) -> String {
+    let s = if form {
+        std::borrow::Cow::Owned(s.replace('+', " "))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
+    percent_encoding::percent_decode_str(&s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// `s` with HTML's character references decoded (the named ones escapers
+/// write, and every numeric one).
+fn html_unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let end = rest[..rest.len().min(12)].find(';');
+        let decoded = end.and_then(|end| {
+            let name = &rest[1..end];
+            let c = match name {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                _ => name
+                    .strip_prefix("#x")
+                    .or_else(|| name.strip_prefix("#X"))
+                    .map(|h| u32::from_str_radix(h, 16))
+                    .or_else(|| name.strip_prefix('#').map(str::parse::<u32>))
+                    .and_then(Result::ok)
+                    .and_then(char::from_u32),
+            }?;
+            Some((c, end + 1))
+        });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// At most [`SCAN_CAP`] characters of `text`, and how many bytes were dropped.
+fn capped(text: &str) -> (&str, usize) {
+    match text.char_indices().nth(SCAN_CAP) {
+        Some((at, _)) => (&text[..at], text.len() - at),
+        None => (text, 0),
     }
 }
+
+/// More overlapping matches than this in one text: withhold all of it
+/// rather than count further.
+const MATCHES_MAX: usize = 1 << 20;
 
 impl Redactor {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Hold a credential someone configured (a proxy's user or password):
-    /// withheld even when shorter than the usual floor, down to 4 characters.
+    /// Build what was added so far, so that clones share it instead of each
+    /// building it again (call it once the fixed secrets are all in).
+    pub fn seal(&mut self) {
+        let layer = match self.built.take() {
+            Some(layer) => layer,
+            None if self.pending.secrets.is_empty() => return,
+            None => Arc::new(self.pending.build()),
+        };
+        self.sealed.push(layer);
+        self.pending = Pending::default();
+    }
+
+    /// Is `secret` held already?
+    fn holds(&self, secret: &str) -> bool {
+        self.pending.secrets.contains(secret)
+            || self.sealed.iter().any(|l| l.secrets.contains(secret))
+    }
+
+    /// Start a new batch if the pending one was built (used) already.
+    fn open(&mut self) {
+        if self.built.get().is_some() {
+            self.seal();
+        }
+    }
+
+    fn push_form(&mut self, form: String) {
+        if !form.is_empty() && self.pending.seen.insert(form.clone()) {
+            self.pending.forms.push(form);
+        }
+    }
+
+    /// Hold a credential someone configured (a proxy's password, or its
+    /// `user:password`): withheld even when shorter than the usual floor,
+    /// down to 4 characters.
     pub fn add_credential(&mut self, secret: &str) {
-        if secret.len() >= 4 && !self.exact.iter().any(|f| f == secret) {
-            self.exact.push(secret.to_string());
-            self.exact.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        if secret.len() >= 4 && secret.trim().len() < MIN_SECRET && !self.holds(secret) {
+            self.open();
+            self.pending.secrets.insert(secret.to_string());
+            for f in Self::forms(secret) {
+                self.push_form(f);
+            }
+            return;
         }
         self.add(secret);
     }
 
-    /// Hold `secret` (an identity field, a token, a header value).
-    pub fn add(&mut self, secret: &str) {
-        if secret.trim().len() < MIN_SECRET {
+    /// Hold text that must not be shown whatever its length (a name that
+    /// took part in repeating a secret): its exact spelling only.
+    pub fn add_exact(&mut self, text: &str) {
+        if text.is_empty() || self.holds(text) {
             return;
         }
-        let mut forms = vec![
-            secret.to_string(),
-            json_escape(secret),
-            go_json_escape(secret),
-        ];
-        forms.push(json_escape(&json_escape(secret)));
-        forms.push(go_json_escape(&go_json_escape(secret)));
-        // A line-wrapped base64 value (the AWS signature): unwrapped, and line by line.
+        self.open();
+        self.pending.secrets.insert(text.to_string());
+        self.push_form(text.to_string());
+    }
+
+    /// The spellings of `secret` searched for in the text itself: as sent,
+    /// and a line-wrapped base64 value (the AWS signature) unwrapped and
+    /// line by line. Every other spelling (JSON-escaped, URL-encoded,
+    /// HTML-escaped) is found by searching the text decoded.
+    fn forms(secret: &str) -> Vec<String> {
+        let mut forms = vec![secret.to_string()];
         if secret.contains('\n') {
             forms.push(secret.split_whitespace().collect());
             forms.extend(
@@ -195,58 +492,205 @@ impl Redactor {
                     .map(str::to_string),
             );
         }
-        for f in forms {
-            // Every form is at least as long as the secret, which is long enough.
-            if !self.exact.contains(&f) {
-                self.exact.push(f);
-            }
+        forms
+    }
+
+    /// Hold `secret` (an identity field, a token, a header value).
+    pub fn add(&mut self, secret: &str) {
+        if secret.trim().len() < MIN_SECRET || self.holds(secret) {
+            return;
         }
-        self.exact.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        self.open();
+        self.pending.secrets.insert(secret.to_string());
+        for f in Self::forms(secret) {
+            self.push_form(f);
+        }
         let c = core(secret);
         // Only values that are mostly base64/JWT characters are searched by
         // fragment: for prose (a JSON document) a window could be common words.
         if c.len() >= 2 * FRAGMENT && c.len() * 10 >= secret.len() * 9 {
             for w in c.windows(FRAGMENT) {
-                self.fragments.insert(w.to_vec());
+                self.pending.fragments.insert(fingerprint(w));
+            }
+            for w in c.windows(PIECE) {
+                self.pending.pieces.insert(fingerprint(w));
             }
         }
     }
 
-    /// The text with every held secret replaced by [`WITHHELD`]. If a long
-    /// secret still shows through (re-wrapped, re-encoded), the whole text is
-    /// withheld. Text beyond 64 KiB is dropped first.
-    pub fn clean(&self, text: &str) -> Clean {
-        let (text, dropped) = match text.char_indices().nth(SCAN_CAP) {
-            Some((at, _)) => (&text[..at], text.len() - at),
-            None => (text, 0),
-        };
-        let mut out = text.to_string();
-        let mut withheld = false;
-        for f in &self.exact {
-            if out.contains(f.as_str()) {
-                out = out.replace(f.as_str(), WITHHELD);
-                withheld = true;
+    /// Every batch, the pending one built if need be.
+    fn layers(&self) -> Vec<&Layer> {
+        let open = self.built.get_or_init(|| Arc::new(self.pending.build()));
+        self.sealed
+            .iter()
+            .map(|l| &**l)
+            .chain(std::iter::once(&**open))
+            .collect()
+    }
+
+    /// Where any form of any held secret is found in `text`: byte ranges,
+    /// overlapping ones merged; `None` past [`MATCHES_MAX`].
+    fn spans(layers: &[&Layer], text: &str) -> Option<Vec<(usize, usize)>> {
+        let mut spans = Vec::new();
+        for l in layers {
+            if let Some(ac) = &l.exact {
+                let matches = ac
+                    .try_find_overlapping_iter(Input::new(text))
+                    .expect("built for overlapping search (standard semantics, unanchored)");
+                for m in matches {
+                    spans.push((m.start(), m.end()));
+                    if spans.len() > MATCHES_MAX {
+                        return None;
+                    }
+                }
             }
         }
-        if !self.fragments.is_empty() {
-            let once = unescape(&out);
-            let twice = unescape(&once);
-            let leaks = [out.as_str(), once.as_str(), twice.as_str()]
-                .iter()
-                .any(|t| {
-                    core(t)
-                        .windows(FRAGMENT)
-                        .any(|w| self.fragments.contains(w))
-                });
-            if leaks {
-                return Clean {
-                    text: format!(
-                        "{WITHHELD} (the whole text: it repeats part of a secret this tool sent)"
-                    ),
-                    withheld: true,
-                    dropped: 0,
-                };
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (s, e) in spans {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
             }
+        }
+        Some(merged)
+    }
+
+    /// Which of `segments`, read one after another, take part in repeating
+    /// a run of [`FRAGMENT`] characters of a long secret: whole, or pieced
+    /// together from runs of at least [`PIECE`] of its characters with
+    /// anything between them (prefixes, separators, other words).
+    fn taking_part(layers: &[&Layer], segments: &[&str]) -> Vec<bool> {
+        let mut part = vec![false; segments.len()];
+        if layers.iter().all(|l| l.fragments.is_empty()) {
+            return part;
+        }
+        let mut chars = Vec::new();
+        let mut owner = Vec::new();
+        for (i, s) in segments.iter().enumerate() {
+            for b in s.bytes().filter(|b| is_core(*b)) {
+                chars.push(b);
+                owner.push(i);
+            }
+        }
+        if chars.len() < FRAGMENT {
+            return part;
+        }
+        // Which characters lie in a PIECE-long run that a secret has.
+        let mut cover = vec![0i32; chars.len() + 1];
+        for (j, w) in chars.windows(PIECE).enumerate() {
+            let f = fingerprint(w);
+            if layers.iter().any(|l| l.pieces.contains(&f)) {
+                cover[j] += 1;
+                cover[j + PIECE] -= 1;
+            }
+        }
+        let mut depth = 0;
+        let mut kept = Vec::new();
+        let mut at = Vec::new();
+        for (i, &c) in chars.iter().enumerate() {
+            depth += cover[i];
+            if depth > 0 {
+                kept.push(c);
+                at.push(i);
+            }
+        }
+        // Those characters, read together: a FRAGMENT-long window of a secret.
+        for (j, w) in kept.windows(FRAGMENT).enumerate() {
+            let f = fingerprint(w);
+            if layers.iter().any(|l| l.fragments.contains(&f)) {
+                for &i in &at[j..j + FRAGMENT] {
+                    part[owner[i]] = true;
+                }
+            }
+        }
+        part
+    }
+
+    /// Which of `names` (in this order) repeat a secret, alone or together:
+    /// a held secret in any form inside one, or names whose characters read
+    /// together repeat a run of a long secret.
+    pub fn withheld_among(&self, names: &[&str]) -> Vec<bool> {
+        let layers = self.layers();
+        let mut out = Self::taking_part(&layers, names);
+        let mut joined = String::new();
+        let mut starts = Vec::with_capacity(names.len());
+        for n in names {
+            starts.push(joined.len());
+            joined.push_str(n);
+            joined.push('\0');
+        }
+        match Self::spans(&layers, &joined) {
+            None => out.iter_mut().for_each(|w| *w = true),
+            Some(spans) => {
+                for (s, e) in spans {
+                    let first = starts.partition_point(|&st| st <= s) - 1;
+                    let last = starts.partition_point(|&st| st < e) - 1;
+                    for w in &mut out[first..=last] {
+                        *w = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The text with every held secret replaced by [`WITHHELD`]. If a
+    /// secret still shows through (encoded in a way the search did not
+    /// replace, or a long one re-wrapped or in pieces), the whole text is
+    /// withheld. Text beyond 64 KiB is dropped first.
+    pub fn clean(&self, text: &str) -> Clean {
+        let (text, dropped) = capped(text);
+        let whole = || Clean {
+            text: format!(
+                "{WITHHELD} (the whole text: it repeats part of a secret this tool sent)"
+            ),
+            withheld: true,
+            dropped: 0,
+        };
+        let layers = self.layers();
+        let Some(spans) = Self::spans(&layers, text) else {
+            return whole();
+        };
+        let withheld = !spans.is_empty();
+        let mut out = String::with_capacity(text.len());
+        let mut from = 0;
+        for (s, e) in spans {
+            out.push_str(&text[from..s]);
+            out.push_str(WITHHELD);
+            from = e;
+        }
+        out.push_str(&text[from..]);
+        // What the text says once decoded as a server or proxy may have
+        // encoded it: JSON-escaped (Go's way or not, once or twice),
+        // URL-encoded (as a path, or a form with `+` for a space),
+        // HTML-escaped, and JSON inside either of the last two.
+        let once = unescape(&out);
+        let twice = unescape(&once);
+        let path = percent_decode(&out, false);
+        let form = percent_decode(&out, true);
+        let html = html_unescape(&out);
+        let variants = [
+            unescape(&path),
+            unescape(&html),
+            once,
+            twice,
+            path,
+            form,
+            html,
+        ];
+        let mut seen: Vec<&String> = vec![&out];
+        let mut shows_through = Self::taking_part(&layers, &[&out]).contains(&true);
+        for v in &variants {
+            if shows_through || seen.contains(&v) {
+                continue;
+            }
+            seen.push(v);
+            shows_through = !matches!(Self::spans(&layers, v), Some(s) if s.is_empty())
+                || Self::taking_part(&layers, &[v]).contains(&true);
+        }
+        if shows_through {
+            return whole();
         }
         Clean {
             text: out,
@@ -440,11 +884,11 @@ mod tests {
         let doc = "{\n  \"accountId\" : \"123456789012\",\n  \"architecture\" : \"x86_64\",\n  \"availabilityZone\" : \"us-east-1a\",\n  \"instanceId\" : \"i-0abc123def4567890\"\n}";
         let mut r = Redactor::new();
         r.add(doc);
-        assert!(r.fragments.is_empty());
+        assert!(r.layers().iter().all(|l| l.fragments.is_empty()));
         assert!(r.clean(doc).withheld);
         // A long base64 value is searched by fragment.
         r.add(SIG);
-        assert!(!r.fragments.is_empty());
+        assert!(r.layers().iter().any(|l| !l.fragments.is_empty()));
     }
 
     #[test]
@@ -482,5 +926,180 @@ mod tests {
         // Over the cap with nothing left to cut by the excerpt.
         assert_eq!(excerpt_of("abc", 300, 5), "abc… (5 bytes cut)");
         assert_eq!(excerpt("abc", 300), "abc");
+    }
+
+    /// The AWS document and signature as a proxy's page or a server's
+    /// message may repeat them (issue #19, item 10).
+    #[test]
+    fn url_encoded_and_html_escaped_echoes_are_withheld() {
+        let doc = "{\n  \"accountId\" : \"123456789012\",\n  \"instanceId\" : \"i-0abc123def4567890\",\n  \"note\" : \"it's <here> & there\"\n}";
+        let mut r = Redactor::new();
+        r.add(SIG);
+        r.add(doc);
+        let json_body = serde_json::json!({"document": doc, "signature": SIG}).to_string();
+        for (what, echo) in [
+            (
+                "url",
+                format!(
+                    "rejected: {} {}",
+                    percent_encode(doc, false),
+                    percent_encode(SIG, false)
+                ),
+            ),
+            (
+                "form",
+                format!(
+                    "doc={}&sig={}",
+                    percent_encode(doc, true),
+                    percent_encode(SIG, true)
+                ),
+            ),
+            (
+                "url-encoded JSON body",
+                format!("body={}", percent_encode(&json_body, true)),
+            ),
+            (
+                "html",
+                format!("<pre>{}</pre><pre>{}</pre>", html_escapes(doc)[0], SIG),
+            ),
+            (
+                "html, numeric",
+                format!("<pre>{}</pre>", html_escapes(doc)[4]),
+            ),
+            (
+                "html-escaped JSON body",
+                format!("<p>{}</p>", html_escapes(&json_body)[2]),
+            ),
+            ("Go's JSON in a page", go_json_escape(&go_json_escape(doc))),
+        ] {
+            let c = r.clean(&echo);
+            assert!(c.withheld, "{what}: {}", c.text);
+            for piece in ["123456789012", "i-0abc123def4567890", &SIG[..20]] {
+                assert!(!c.text.contains(piece), "{what}: {}", c.text);
+            }
+            for line in SIG.lines() {
+                assert!(
+                    !c.text.contains(&percent_encode(line, false)[..20]),
+                    "{what}: {}",
+                    c.text
+                );
+            }
+        }
+        // Echoed as sent, the rest of the text stays.
+        assert_eq!(
+            r.clean(&format!("bad signature: {SIG}")).text,
+            "bad signature: [withheld]"
+        );
+    }
+
+    #[test]
+    fn a_decoded_basic_credential_is_withheld() {
+        // The proxy's user:password (a 407 page decoding its Proxy-Authorization).
+        let mut r = Redactor::new();
+        r.add_credential("svc:pw12");
+        r.add_credential("pw12");
+        assert_eq!(
+            r.clean("user svc:pw12 refused").text,
+            "user [withheld] refused"
+        );
+        assert!(r.clean("pass=pw12").withheld);
+        assert!(r.clean("pass=pw%31%32").withheld, "URL-encoded");
+        // Shorter than 4 characters: not held (it would match ordinary words).
+        let mut r = Redactor::new();
+        r.add_credential("pw1");
+        assert!(!r.clean("pw1").withheld);
+    }
+
+    #[test]
+    fn overlapping_secrets_are_withheld_whole() {
+        // Where two held values overlap, neither leaves a piece behind.
+        let mut r = Redactor::new();
+        r.add("AAAA-BBBB");
+        r.add("BBBB-CCCC");
+        assert_eq!(r.clean("x AAAA-BBBB-CCCC y").text, "x [withheld] y");
+        // Added after a search: a batch of its own, searched as well.
+        r.add("DDDD-EEEE");
+        assert_eq!(r.clean("AAAA-BBBB DDDD-EEEE").text, "[withheld] [withheld]");
+    }
+
+    #[test]
+    fn pieces_of_a_secret_read_together_are_found_whatever_is_between_them() {
+        let mut r = Redactor::new();
+        r.add(SIG);
+        let flat: String = SIG.split_whitespace().collect();
+        let pieces: Vec<String> = flat
+            .as_bytes()
+            .chunks(20)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        // Each piece alone is shorter than a fragment.
+        assert!(!r.clean(&pieces[1]).withheld);
+        // Prefixed and separated, as a 409's names or a message's words.
+        let prefixed: Vec<String> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("n{i:02}-{p}"))
+            .collect();
+        assert!(r.clean(&prefixed.join(", ")).withheld);
+        let names: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+        let mut with_real = vec!["main"];
+        with_real.extend(&names);
+        with_real.push("dev");
+        let w = r.withheld_among(&with_real);
+        assert!(!w[0] && !w[with_real.len() - 1], "{w:?}");
+        assert!(w[1..with_real.len() - 1].iter().all(|x| *x), "{w:?}");
+        // Out of order, the pieces do not read as the secret.
+        let mut shuffled = names.clone();
+        shuffled.reverse();
+        assert!(r.withheld_among(&shuffled).iter().all(|x| !x));
+        // A held secret inside one name: that name only.
+        let with_sig = format!("x{flat}");
+        let w = r.withheld_among(&["main", &with_sig, "dev"]);
+        assert_eq!(w, [false, true, false]);
+        // Ordinary names and prose are not pieces of anything.
+        let names = ["main", "dev", "frontend-build-2", "kUYO", "abc"];
+        assert!(r.withheld_among(&names).iter().all(|x| !x));
+    }
+
+    #[test]
+    fn a_batch_is_built_once_and_shared_by_clones() {
+        let mut r = Redactor::new();
+        for i in 0..100 {
+            r.add(&format!("header-value-{i:04}"));
+        }
+        r.seal();
+        let a = r.clone();
+        let b = r.clone();
+        assert!(Arc::ptr_eq(&a.sealed[0], &b.sealed[0]));
+        // A value held already is not added again.
+        let mut c = r.clone();
+        c.add("header-value-0007");
+        assert!(c.pending.secrets.is_empty());
+        assert_eq!(c.clean("header-value-0007").text, "[withheld]");
+    }
+
+    /// The work does not grow with the number of secrets held: thousands of
+    /// header values and a text that starts each of them everywhere.
+    #[test]
+    fn redaction_is_bounded_whatever_the_input() {
+        let mut r = Redactor::new();
+        for i in 0..3700 {
+            r.add(&format!(
+                "Zm9vYmFy<{i:05}>&\\YmF6cXV4cXV1eHh5enp5eA0123456789abcdefABCDEF+/gh{i:05}"
+            ));
+        }
+        r.seal();
+        let text = "Zm9vYmFyYmF6cXV4cXV1eHh5enp5eA ".repeat(4000);
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            r.clean(&text);
+        }
+        // About 3 ms each in a release build; the cap is for a debug build
+        // on a busy machine.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

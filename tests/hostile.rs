@@ -7,6 +7,12 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
+mod exits;
+mod paths;
+mod processes;
+mod secrets;
+mod server_text;
+
 /// Every secret of this run that could appear in output: tokens issued, the
 /// identity posted, and the pieces of it long enough to matter.
 fn assert_nothing_leaks(sim: &Sim, r: &Run) {

@@ -21,8 +21,12 @@ const V6: &str = "2001:db8::10";
 const NAME: &str = "coder.example.test";
 const EXCHANGE_PATH: &str = "/api/v2/workspaceagents/aws-instance-identity";
 
+/// What the stand-in proxy answers to a request (its head, as received).
+type ProxyAnswer = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+
 /// A stand-in HTTP proxy: records the peer of every connection it accepts
-/// and the request line of every request, and answers each with a 502.
+/// and the request line of every request, and answers each with a 502 (or
+/// what [`FakeProxy::answering`] was given).
 struct FakeProxy {
     addr: SocketAddr,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
@@ -35,6 +39,14 @@ struct FakeProxy {
 
 impl FakeProxy {
     fn start() -> FakeProxy {
+        FakeProxy::answering(Arc::new(|_| {
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 19\r\n\
+              Connection: close\r\n\r\nfake proxy says no\n"
+                .to_vec()
+        }))
+    }
+
+    fn answering(answer: ProxyAnswer) -> FakeProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let peers: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
@@ -47,7 +59,8 @@ impl FakeProxy {
                     p.lock().unwrap().push(peer);
                 }
                 let l = l.clone();
-                std::thread::spawn(move || answer_502(conn, &l));
+                let answer = answer.clone();
+                std::thread::spawn(move || answer_with(conn, &l, &*answer));
             }
         });
         let (marker, asks) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<SocketAddr>>();
@@ -104,7 +117,7 @@ impl FakeProxy {
     }
 }
 
-fn answer_502(mut conn: TcpStream, lines: &Mutex<Vec<String>>) {
+fn answer_with(mut conn: TcpStream, lines: &Mutex<Vec<String>>, answer: &dyn Fn(&[u8]) -> Vec<u8>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -120,10 +133,7 @@ fn answer_502(mut conn: TcpStream, lines: &Mutex<Vec<String>>) {
         .unwrap_or_default()
         .to_string();
     lines.lock().unwrap().push(line);
-    let _ = conn.write_all(
-        b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 19\r\n\
-          Connection: close\r\n\r\nfake proxy says no\n",
-    );
+    let _ = conn.write_all(&answer(&head));
 }
 
 /// The way a run's POST should go.
@@ -601,4 +611,63 @@ fn an_https_proxy_for_an_http_coder_url_is_verified_and_used() {
     );
     assert!(!r.stderr.contains("hunter2"), "{}", r.stderr);
     assert_eq!(coder_requests(&sim).len(), 1, "nothing more reached Coder");
+}
+
+/// Runs anywhere. A proxy that refuses with a 407 page repeating the
+/// credentials it was sent: raw, as the `Basic` base64 of the header, and
+/// decoded (`user:password`). None of them is shown.
+#[test]
+fn a_407_page_that_echoes_the_proxy_credentials_shows_none_of_them() {
+    let proxy = FakeProxy::answering(Arc::new(|head: &[u8]| {
+        let head = String::from_utf8_lossy(head);
+        let basic = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("proxy-authorization:")
+                    .then(|| l["proxy-authorization:".len()..].trim().to_string())
+            })
+            .unwrap_or_default();
+        let page = format!(
+            "<html><body><h1>407 Proxy Authentication Required</h1>\
+             <p>credentials {basic} (that is svc-coder:Pr0xy-S3cret) refused; \
+             password Pr0xy-S3cret, url-encoded Pr0xy%2DS3cret, \
+             html svc-coder:Pr0xy-S3cret&#33;</p>\
+             <p>request was: {}</p></body></html>",
+            head.replace("\r\n", " | ")
+        );
+        format!(
+            "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"{basic}\"\r\n\
+             Content-Type: text/html; charset={basic}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+            page.len()
+        )
+        .into_bytes()
+    }));
+    let sim = start(Cloud::Aws, &["main"]);
+    let url = format!("http://svc-coder:Pr0xy-S3cret@{}", proxy.addr);
+    for extra in [&[][..], &["--json", "-vv", "--log-format", "json"]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = command(&sim, &Cloud::Aws);
+        c.env("CODER_AGENT_URL", UNUSED_URL)
+            .env("HTTP_PROXY", &url)
+            .env("RUST_LOG", "trace")
+            .args(["--timeout", "2s"])
+            .args(extra)
+            .arg("--token-file")
+            .arg(token_path(&dir, "t"));
+        let r = run(c);
+        assert_eq!(r.code, 4, "{r:?}");
+        assert!(r.stderr.contains("407"), "{}", r.stderr);
+        for s in [
+            "Pr0xy-S3cret",
+            "Pr0xy%2DS3cret",
+            "c3ZjLWNvZGVyOlByMHh5LVMzY3JldA==",
+            "c3ZjLWNvZGVyOlByMHh5LVMzY3JldA",
+        ] {
+            assert!(!r.stderr.contains(s), "{s}: {}", r.stderr);
+            assert!(!r.stdout.contains(s), "{s}: {}", r.stdout);
+        }
+        assert!(r.stderr.contains("withheld"), "{}", r.stderr);
+    }
+    assert!(!proxy.lines().is_empty(), "the request went to the proxy");
 }

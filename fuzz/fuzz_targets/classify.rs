@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
         content_type,
         retry_after,
         body,
+        note: None,
     };
     let out = classify(&answer, redactor);
     // Coder's error bodies are JSON objects; other JSON shapes (arrays, which

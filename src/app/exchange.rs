@@ -62,6 +62,8 @@ impl Exchanger {
         for s in coder.route_secrets() {
             secrets.add_credential(&s);
         }
+        // Built once here; every attempt's clone shares it.
+        secrets.seal();
         Ok(Exchanger {
             md,
             coder,
@@ -122,7 +124,11 @@ impl Exchanger {
             self.url.join(BUILDINFO_PATH).expect("static path")
         );
         match share
-            .run(&what, &|| Blame::Version, || self.coder.server_version())
+            .run(
+                &what,
+                &|| self.coder.waiting_on().unwrap_or(Blame::Version),
+                || self.coder.server_version(&self.secrets),
+            )
             .await
         {
             Err(Failure::Timeout { why, .. }) => {
@@ -139,6 +145,7 @@ impl Exchanger {
     /// One attempt: a fresh identity, then the POST.
     async fn attempt(&self) -> Result<Issued, Attempt> {
         let ready = self.ready.as_ref().expect("prepared before any attempt");
+        self.coder.new_attempt();
         self.phase.set(Blame::Metadata);
         let identity = ready
             .fetcher
@@ -164,6 +171,12 @@ impl Exchanger {
             .await
     }
 
+    /// What the attempt in flight waits on: the header command while it
+    /// runs, else the phase it is in.
+    fn waiting_on(&self) -> Blame {
+        self.coder.waiting_on().unwrap_or(self.phase.get())
+    }
+
     /// The version the latest answer reported (the server may change while
     /// a resident run lives).
     fn note_version(&mut self, reported: Option<Version>, learned: &mut Learned) {
@@ -187,7 +200,7 @@ impl Exchanger {
             ready.cloud, ready.endpoint
         );
         let issued = policy
-            .run(&what, &|| self.phase.get(), || self.attempt())
+            .run(&what, &|| self.waiting_on(), || self.attempt())
             .await?;
         self.note_version(issued.version, learned);
         tracing::info!(
@@ -209,7 +222,7 @@ impl Exchanger {
             Ok(r) => r?,
             Err(_) => {
                 return Err(Attempt::retry(
-                    self.phase.get(),
+                    self.waiting_on(),
                     format!("the check did not finish within {}", human(limit)),
                 ))
             }

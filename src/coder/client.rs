@@ -37,6 +37,9 @@ pub struct CoderClient {
     http: reqwest::Client,
     /// An exchange request (which carries the identity) was sent in this run.
     sent: AtomicBool,
+    /// The header command is running (so a deadline that cuts the attempt
+    /// now blames it, not the server).
+    running_command: AtomicBool,
     base: Url,
     headers: Headers,
     /// The proxy route [`crate::proxy`] decided, described in errors (credentials removed).
@@ -57,11 +60,12 @@ fn redirect_policy(base: &Url) -> reqwest::redirect::Policy {
         }
         let mut seen = std::collections::HashSet::new();
         let looped = attempt.previous().iter().any(|u| !seen.insert(u.as_str()));
+        // The query is dropped here, the rest redacted where the error is shown.
         let chain = attempt
             .previous()
             .iter()
             .chain(std::iter::once(attempt.url()))
-            .map(|u| crate::text::excerpt(u.as_str(), 200))
+            .map(|u| crate::text::excerpt(&without_query(u.as_str()), URL_SHOWN))
             .collect::<Vec<_>>()
             .join(" → ");
         let e = if looped {
@@ -71,6 +75,24 @@ fn redirect_policy(base: &Url) -> reqwest::redirect::Policy {
         };
         attempt.error(e)
     })
+}
+
+/// How much of a URL the server chose (a redirect's target) is shown.
+const URL_SHOWN: usize = 200;
+
+/// `url` up to its query or fragment, with "?…" when there was one: a
+/// server can put anything there, the request's secrets included.
+fn without_query(url: &str) -> String {
+    match url.find(['?', '#']) {
+        Some(at) => format!("{}?…", &url[..at]),
+        None => url.to_string(),
+    }
+}
+
+/// A URL the server chose (where its redirects ended, a `Location`), as a
+/// person sees it: without its query, redacted, escaped and capped.
+fn shown_url(url: &str, redactor: &Redactor) -> String {
+    redactor.show(&without_query(url), URL_SHOWN)
 }
 
 impl CoderClient {
@@ -101,35 +123,80 @@ impl CoderClient {
         Ok(CoderClient {
             http,
             sent: AtomicBool::new(false),
+            running_command: AtomicBool::new(false),
             base: base.clone(),
             headers,
             route,
         })
     }
 
-    /// What of the proxy setting is secret (for the redactor).
+    /// What of the proxy settings is secret (for the redactor): the route's
+    /// credentials, and those of every other proxy variable set.
     pub fn route_secrets(&self) -> Vec<String> {
-        self.route.credentials()
+        let mut secrets = self.route.credentials();
+        secrets.extend(crate::coder::proxy::env_credentials(&|name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        }));
+        secrets
     }
 
     /// This attempt's headers alone (the dry run shows their names).
     pub async fn headers_once(&self, secrets: &Redactor) -> Result<HeaderMap, Attempt> {
-        self.headers.resolve(&self.base, secrets, false).await
+        self.resolve_headers(secrets).await
+    }
+
+    /// The part an attempt in flight waits on, if it is the header command;
+    /// `None` while it waits on the server.
+    pub fn waiting_on(&self) -> Option<Blame> {
+        self.running_command
+            .load(Ordering::Relaxed)
+            .then_some(Blame::HeaderCommand)
+    }
+
+    /// This request's headers, the header command run if there is one. An
+    /// attempt cut off while the command runs leaves [`Self::waiting_on`]
+    /// saying so (read after the attempt was dropped), until the next
+    /// attempt calls [`Self::new_attempt`].
+    async fn resolve_headers(&self, secrets: &Redactor) -> Result<HeaderMap, Attempt> {
+        self.running_command.store(true, Ordering::Relaxed);
+        let headers = self
+            .headers
+            .resolve(&self.base, secrets, self.sent.load(Ordering::Relaxed))
+            .await;
+        self.running_command.store(false, Ordering::Relaxed);
+        headers
+    }
+
+    /// A new attempt starts: no header command runs yet.
+    pub fn new_attempt(&self) {
+        self.running_command.store(false, Ordering::Relaxed);
     }
 
     /// A transport failure: a redirect loop is permanent, the rest transient.
-    fn transport(&self, request: &str, e: &reqwest::Error, doing: &str, blame: Blame) -> Attempt {
+    /// Its text may hold what the server sent (the URLs it redirected to),
+    /// so it is shown through `redactor`.
+    fn transport(
+        &self,
+        request: &str,
+        e: &reqwest::Error,
+        doing: &str,
+        blame: Blame,
+        redactor: &Redactor,
+    ) -> Attempt {
+        /// A redirect chain: six URLs of at most 200 characters and arrows.
+        const CHAIN_SHOWN: usize = 1500;
+        let shown = |text: String| redactor.show(&text, CHAIN_SHOWN);
         if e.is_redirect() {
             return Attempt::Stop(Failure::Rejected(format!(
                 "{request}: stopped following redirects at {}\n\
                  fix: set --url to the deployment's final address, or fix the redirect rules of the proxy in front of it",
-                error_chain(e)
+                shown(error_chain(e))
             )));
         }
         let cause = match Transport::of(e) {
-            Transport::Timeout => format!("timed out: {}", error_chain(e)),
-            Transport::Connect(d) => format!("could not connect: {d}"),
-            Transport::Broken(d) => format!("request failed: {d}"),
+            Transport::Timeout => format!("timed out: {}", shown(error_chain(e))),
+            Transport::Connect(d) => format!("could not connect: {}", shown(d)),
+            Transport::Broken(d) => format!("request failed: {}", shown(d)),
         };
         Attempt::retry(
             blame,
@@ -154,10 +221,7 @@ impl CoderClient {
         } else {
             Blame::Version
         };
-        let headers: HeaderMap = self
-            .headers
-            .resolve(&self.base, redactor, self.sent.load(Ordering::Relaxed))
-            .await?;
+        let headers: HeaderMap = self.resolve_headers(redactor).await?;
         for v in headers.values() {
             if let Ok(v) = v.to_str() {
                 redactor.add(v);
@@ -177,7 +241,7 @@ impl CoderClient {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| self.transport(&request, &e, "", blame))?;
+            .map_err(|e| self.transport(&request, &e, "", blame, redactor))?;
         let status = resp.status().as_u16();
         let final_url = resp.url().clone();
         let header = |name: &str| {
@@ -193,11 +257,9 @@ impl CoderClient {
         let build_version = header("x-coder-build-version");
         let mut body = Vec::new();
         let mut too_large = false;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| self.transport(&request, &e, "reading the answer failed: ", blame))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            self.transport(&request, &e, "reading the answer failed: ", blame, redactor)
+        })? {
             if body.len() + chunk.len() > cap {
                 // Stop reading: the rest is never looked at.
                 too_large = true;
@@ -205,7 +267,13 @@ impl CoderClient {
             }
             body.extend_from_slice(&chunk);
         }
-        tracing::debug!(%final_url, status, bytes = body.len(), too_large, "Coder answer");
+        tracing::debug!(
+            final_url = %shown_url(final_url.as_str(), redactor),
+            status,
+            bytes = body.len(),
+            too_large,
+            "Coder answer"
+        );
         Ok(Received {
             status,
             final_url,
@@ -239,19 +307,21 @@ impl CoderClient {
                 &mut redactor,
             )
             .await?;
+        let final_url = shown_url(r.final_url.as_str(), &redactor);
         if r.too_large {
             return Err(Attempt::Stop(Failure::Rejected(format!(
-                "POST {}: the answer is larger than {} KiB, which no Coder answer is; nothing was stored\n\
+                "POST {final_url}: the answer is larger than {} KiB, which no Coder answer is; nothing was stored\n\
                  fix: check that --url is the Coder deployment and not another service",
-                r.final_url,
                 ANSWER_CAP / 1024
             ))));
         }
+        let note = identity.cloud().refusal_note(identity);
         let answer = Answer {
             status: r.status,
             content_type: r.content_type.as_deref(),
             retry_after: r.retry_after,
             body: &r.body,
+            note: note.as_deref(),
         };
         // Through a proxy, the answer may be the proxy's own (502, 407): say so.
         let via = if self.route.is_proxied() {
@@ -259,14 +329,13 @@ impl CoderClient {
         } else {
             String::new()
         };
-        let final_url = &r.final_url;
         let token = classify(&answer, &redactor).map_err(|f| match f {
             Attempt::Stop(Failure::Rejected(m)) => {
                 let to = r
                     .location
                     .as_deref()
                     .filter(|_| (300..400).contains(&r.status))
-                    .map(|l| format!(" (Location: {})", crate::text::excerpt(l, 200)))
+                    .map(|l| format!(" (Location: {})", shown_url(l, &redactor)))
                     .unwrap_or_default();
                 Attempt::Stop(Failure::Rejected(format!("POST {final_url}{via}: {m}{to}")))
             }
@@ -287,8 +356,9 @@ impl CoderClient {
                 let (a, b, c) = version::AGENT_NAME_SINCE;
                 return Err(Attempt::Stop(Failure::Rejected(format!(
                     "Coder at {} answered with a token, but its answer says it is {v}, which ignores \
-                     agent names: the token may belong to another agent than {}, so it was neither \
-                     stored nor used\n\
+                     agent names (its version could not be read before: the identity and the agent \
+                     name were sent): the token may belong to another agent than {}, so it was \
+                     neither stored nor used\n\
                      fix: upgrade Coder to v{a}.{b}.{c} or later; or, if this VM runs only one agent, \
                      drop --agent-name / CODER_AGENT_NAME",
                     self.base,
@@ -303,9 +373,9 @@ impl CoderClient {
     /// answered, but not with a readable version (a proxy, an old or odd
     /// server): not a reason to stop. Transport trouble, 429 and 5xx are
     /// transient, like the exchange's.
-    pub async fn server_version(&self) -> Result<Option<Version>, Attempt> {
+    pub async fn server_version(&self, secrets: &Redactor) -> Result<Option<Version>, Attempt> {
         let url = self.base.join(BUILDINFO_PATH).expect("static path");
-        let mut redactor = Redactor::new();
+        let mut redactor = secrets.clone();
         let r = self
             .send(Method::GET, &url, None, BUILDINFO_CAP, &mut redactor)
             .await?;
@@ -347,4 +417,34 @@ struct Received {
     body: Vec<u8>,
     /// The answer went past the cap; `body` holds its start.
     too_large: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_the_server_chose_is_shown_without_its_query_or_secrets() {
+        let mut r = Redactor::new();
+        r.add("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl");
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl";
+        assert_eq!(
+            shown_url(&format!("https://c.example/api/v2/next?sig={jwt}"), &r),
+            "https://c.example/api/v2/next?…"
+        );
+        assert_eq!(
+            shown_url("https://c.example/a#frag", &r),
+            "https://c.example/a?…"
+        );
+        let shown = shown_url(&format!("https://c.example/x/{jwt}/y"), &r);
+        assert!(!shown.contains("c2lnbmF0dXJl"), "{shown}");
+        assert!(
+            shown.starts_with("https://c.example/x/[withheld]/y"),
+            "{shown}"
+        );
+        // Capped, and escaped.
+        let long = format!("https://c.example/{}", "p".repeat(1000));
+        assert!(shown_url(&long, &r).contains("bytes cut)"));
+        assert!(shown_url("https://c.example/\u{202e}x", &r).contains("\\u{202e}"));
+    }
 }

@@ -463,6 +463,67 @@ mod tests {
         assert_eq!(map["x-two"], "2");
     }
 
+    #[test]
+    fn the_command_is_named_by_its_first_word_after_any_assignments() {
+        // Issue #19, item 6: the assignment (which may hold a secret) was the name.
+        assert_eq!(
+            command_name("API_KEY=sup3rs3cr3t my-helper"),
+            "`… my-helper`"
+        );
+        assert_eq!(
+            command_name("A=1 B_2=x my-helper --token s3cr3t"),
+            "`… my-helper …`"
+        );
+        assert_eq!(command_name("my-helper --token s3cr3t"), "`my-helper …`");
+        assert_eq!(command_name("my-helper"), "`my-helper`");
+        assert_eq!(
+            command_name("API_KEY=sup3rs3cr3t"),
+            "`(only variable assignments)`"
+        );
+        // Words with '=' that the shell runs as commands: not assignments.
+        assert_eq!(command_name("./x=y arg"), "`./x=y …`");
+        assert_eq!(command_name("1A=b helper"), "`1A=b …`");
+        assert_eq!(command_name("=x helper"), "`=x …`");
+    }
+
+    #[tokio::test]
+    async fn the_commands_stderr_shows_none_of_the_runs_secrets() {
+        // Issue #19, item 7: only what it printed on stdout was withheld.
+        let mut secrets = Redactor::new();
+        secrets.add("fixed-header-s3cr3t");
+        secrets.add_credential("pa55");
+        let h = Headers::parse(
+            Some("X-Fixed=fixed-header-s3cr3t"),
+            &[],
+            Some(
+                "echo X-Cmd=printed-s3cr3t; echo 'fixed-header-s3cr3t pa55 printed-s3cr3t' >&2"
+                    .into(),
+            ),
+        )
+        .unwrap();
+        let out = run_shell(
+            h.command.as_deref().unwrap(),
+            &[],
+            Limits {
+                time: COMMAND_TIMEOUT,
+                stdout_cap: COMMAND_OUTPUT_CAP,
+                stderr_keep: STDERR_EXCERPT,
+            },
+        )
+        .await
+        .unwrap();
+        let shown = stderr_redactor(&secrets, &out.stdout).show_of(
+            &String::from_utf8_lossy(&out.stderr),
+            STDERR_EXCERPT,
+            "the header command's stderr",
+        );
+        assert_eq!(
+            shown,
+            "[withheld] [withheld] [withheld]\\n (secrets this tool holds were withheld from \
+             the header command's stderr)"
+        );
+    }
+
     #[tokio::test]
     async fn command_failures_name_the_command_and_line_never_the_value() {
         async fn run(cmd: &str) -> Attempt {

@@ -127,6 +127,56 @@ pub fn route(target: &Url, env: &dyn Fn(&str) -> Option<String>) -> Result<Route
     })
 }
 
+/// What of a proxy URL is secret, in the forms a proxy's error page or a
+/// program's stderr may repeat it: the whole URL, `user:password` and its
+/// base64 (`Proxy-Authorization: Basic …`), and the password (as written
+/// in the URL and percent-decoded). The user name alone is not: it is an
+/// account's name, often a word ("agent", "proxy") that Coder's own
+/// messages and agent names use, which would be withheld there too.
+pub fn credentials_of(url: &Url) -> Vec<String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = decode(url.username());
+    let password = url.password();
+    if user.is_empty() && password.is_none() {
+        return Vec::new();
+    }
+    let pair = format!("{user}:{}", password.map(decode).unwrap_or_default());
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&pair)
+    };
+    let mut out = vec![url.as_str().to_string(), pair, basic];
+    if let Some(p) = password {
+        out.push(decode(p));
+        out.push(p.to_string());
+    }
+    out
+}
+
+/// The credentials of every proxy variable set in `env`, whether or not it
+/// is the one used for Coder, and whatever its scheme (a `socks5://` proxy
+/// is refused for Coder, but its password is still a secret): a header
+/// command inherits them all, and may repeat them on its stderr.
+pub fn env_credentials(env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for var in HTTPS_VARS.iter().chain(&HTTP_VARS).chain(&ALL_VARS) {
+        if let Some((_, value)) = first_set(&[var], env) {
+            let url = Url::parse(&value)
+                .ok()
+                .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+                .or_else(|| Url::parse(&format!("http://{value}")).ok());
+            if let Some(url) = url {
+                out.extend(credentials_of(&url));
+            }
+        }
+    }
+    out
+}
+
 /// The way requests to `target`'s origin go, from this process's environment.
 pub fn route_from_env(target: &Url) -> Result<Route, ProxyError> {
     route(target, &|name| {
@@ -369,34 +419,12 @@ impl Route {
         Some(u.to_string())
     }
 
-    /// What of the proxy setting is secret, in the forms a proxy's error page
-    /// may echo: the user and the password (percent-decoded), `user:password`,
-    /// its base64 (`Proxy-Authorization: Basic …`), and the whole URL.
+    /// What of the proxy setting is secret (see [`credentials_of`]).
     pub fn credentials(&self) -> Vec<String> {
-        let Route::Proxy { url, .. } = self else {
-            return Vec::new();
-        };
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        let user = decode(url.username());
-        let password = url.password().map(decode);
-        if user.is_empty() && password.is_none() {
-            return Vec::new();
+        match self {
+            Route::Proxy { url, .. } => credentials_of(url),
+            Route::Direct(_) => Vec::new(),
         }
-        let pair = format!("{user}:{}", password.clone().unwrap_or_default());
-        let basic = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD.encode(&pair)
-        };
-        let mut out = vec![url.as_str().to_string(), pair, basic];
-        out.extend(password);
-        if !user.is_empty() {
-            out.push(user);
-        }
-        out
     }
 
     /// Does the connection to the proxy itself use TLS (an https:// proxy)?
@@ -848,5 +876,42 @@ mod tests {
             " (direct, not through HTTP_PROXY: no_proxy entry \".example.com\" matches)"
         );
         assert_eq!(route_of("http://c.org", &[]).unwrap().note(), "");
+    }
+
+    #[test]
+    fn the_secret_forms_of_proxy_credentials() {
+        let url = Url::parse("http://svc-coder:p%40ss-w0rd@proxy.corp:3128").unwrap();
+        let c = credentials_of(&url);
+        for form in [
+            "http://svc-coder:p%40ss-w0rd@proxy.corp:3128/",
+            "svc-coder:p@ss-w0rd",
+            // Proxy-Authorization: Basic …
+            "c3ZjLWNvZGVyOnBAc3MtdzByZA==",
+            "p@ss-w0rd",
+            "p%40ss-w0rd",
+        ] {
+            assert!(c.iter().any(|f| f == form), "{form}: {c:?}");
+        }
+        // The account's name alone is not held: Coder's messages and agent
+        // names may use the same word.
+        assert!(!c.iter().any(|f| f == "svc-coder"), "{c:?}");
+        assert!(credentials_of(&Url::parse("http://proxy.corp:3128").unwrap()).is_empty());
+    }
+
+    #[test]
+    fn every_proxy_variable_set_gives_its_credentials() {
+        // Issue #19, item 7: a header command inherits every proxy variable,
+        // also those not used for this Coder URL.
+        let env = env_of(&[
+            ("HTTPS_PROXY", "http://a:first-pw@p1:1"),
+            ("http_proxy", "p2:2"),
+            ("ALL_PROXY", "http://c:third-pw@p3:3"),
+            ("all_proxy", "socks5://d:fourth-pw@p4:4"),
+            ("https_proxy", "not a URL at all"),
+        ]);
+        let c = env_credentials(&env);
+        for pw in ["first-pw", "third-pw", "fourth-pw"] {
+            assert!(c.iter().any(|f| f == pw), "{pw}: {c:?}");
+        }
     }
 }
