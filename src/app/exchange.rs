@@ -4,14 +4,14 @@
 //! metadata service (a GCP JWT lives an hour; an AWS IMDSv2 token is reused
 //! while it is valid) posted to Coder.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use reqwest::Url;
 
 use super::context::Learned;
 use super::metadata::{no_identity, Metadata};
-use crate::cloud::{Cloud, Fetcher};
+use crate::cloud::{Cloud, Fetcher, Identity};
 use crate::coder::client::{Issued, BUILDINFO_PATH};
 use crate::coder::version::{self, Version};
 use crate::coder::CoderClient;
@@ -47,6 +47,8 @@ pub struct Exchanger {
     secrets: Redactor,
     /// What the attempt in flight is waiting on (for a deadline that cuts it).
     phase: Cell<Blame>,
+    /// The identity fetched while the version was read, for the first attempt.
+    prefetched: RefCell<Option<Identity>>,
 }
 
 impl Exchanger {
@@ -74,6 +76,7 @@ impl Exchanger {
             version: None,
             secrets,
             phase: Cell::new(Blame::Metadata),
+            prefetched: RefCell::new(None),
         })
     }
 
@@ -84,19 +87,31 @@ impl Exchanger {
             return Ok(());
         }
         let reading = self.name.is_some() && self.version.is_none();
-        let (cloud, version) = tokio::try_join!(self.md.cloud(self.explicit, policy), async {
+        // While the version is read, the first identity is fetched too (it is
+        // sent only once the version allows it; a failed fetch is left to the
+        // first attempt, which fetches again).
+        let first = async {
+            let cloud = self.md.cloud(self.explicit, policy).await?;
+            let fetcher = self.md.fetcher(cloud)?;
+            let prefetched = match reading {
+                true => fetcher.fetch().await.ok(),
+                false => None,
+            };
+            Ok::<_, Failure>((cloud, fetcher, prefetched))
+        };
+        let ((cloud, fetcher, prefetched), version) = tokio::try_join!(first, async {
             match reading {
                 true => self.read_version(policy).await,
                 false => Ok(None),
             }
         })?;
+        *self.prefetched.borrow_mut() = prefetched;
         learned.cloud = Some(cloud.id());
         if let Some(v) = version {
             learned.coder_version = Some(v.raw.clone());
             check_version(&v, &self.url, self.name.as_deref())?;
             self.version = Some(v);
         }
-        let fetcher = self.md.fetcher(cloud)?;
         let endpoint = self
             .url
             .join(&cloud.coder_path())
@@ -147,16 +162,20 @@ impl Exchanger {
         let ready = self.ready.as_ref().expect("prepared before any attempt");
         self.coder.new_attempt();
         self.phase.set(Blame::Metadata);
-        let identity = ready
-            .fetcher
-            .fetch()
-            .await
-            .map_err(|e| match Attempt::from(e) {
-                Attempt::Stop(Failure::NoIdentity(m)) => {
-                    Attempt::Stop(no_identity(ready.cloud, &m))
-                }
-                other => other,
-            })?;
+        let prefetched = self.prefetched.borrow_mut().take();
+        let identity = match prefetched {
+            Some(identity) => identity,
+            None => ready
+                .fetcher
+                .fetch()
+                .await
+                .map_err(|e| match Attempt::from(e) {
+                    Attempt::Stop(Failure::NoIdentity(m)) => {
+                        Attempt::Stop(no_identity(ready.cloud, &m))
+                    }
+                    other => other,
+                })?,
+        };
         tracing::debug!(
             cloud = ready.cloud.id(),
             "fetched a fresh instance identity"
