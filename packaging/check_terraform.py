@@ -98,10 +98,17 @@ def check(tdir):
     assert re.search(rf"--auth {cli_auth}\b", template), f"the user data does not pass --auth {cli_auth}"
     for name in AGENTS:
         assert re.search(rf"^run_agent {name}\b", template, re.M), f"agent {name} is never started"
+    assert "--watch '${watch}'" in template, "the agents' tokens are not kept current (--watch)"
+    assert 'sha256sum -c --status' in template, "the binary is not checked against its pinned SHA-256"
+    assert re.search(r'if \[ "\$have" != "\$want" \]', template), "no upgrade when the pinned binary changes"
+    for var in ("version", "sha256_amd64", "sha256_arm64", "watch"):
+        assert re.search(rf"\b{var}\s*=\s*var\.coder_agent_auth_", text), f"templatefile does not pass {var}"
 
     rendered = render_template(
         template,
-        {"access_url": "https://coder.example.com/", "release_url": "https://r.example.com/v1", "linux_user": "coder"},
+        {"access_url": "https://coder.example.com/", "release_url": "https://r.example.com/v1",
+         "version": "0.1.0", "sha256_amd64": "0" * 64, "sha256_arm64": "1" * 64, "watch": "10m",
+         "linux_user": "coder"},
     )
     with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
         f.write(rendered)

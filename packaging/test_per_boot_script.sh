@@ -16,6 +16,9 @@
 set -euo pipefail
 BIN=$(realpath "$1")
 SIM=$(realpath "$2")
+# The binary installed in the namespace is the pinned one, so the script keeps it (curl is a
+# stub that fails); a wrong pin is tried once at the end.
+BIN_SHA256=$(sha256sum "$BIN" | cut -d' ' -f1)
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d /tmp/caa-per-boot.XXXXXX)
 SIM_PID=""
@@ -41,14 +44,16 @@ for cloud in aws gcp azure; do
     read -r metadata_url coder_url < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["metadata_url"], d["coder_url"])' "$dir/ready.json")
 
     # Render the template exactly as check_terraform.py does (Terraform's ${} and $${}).
-    python3 - "$HERE/terraform/$cloud-multi-agent/coder-agents.sh.tftpl" "$dir/per-boot.sh" "$coder_url/" <<'PY'
+    python3 - "$HERE/terraform/$cloud-multi-agent/coder-agents.sh.tftpl" "$dir/per-boot.sh" "$coder_url/" "$BIN_SHA256" <<'PY'
 import importlib.util, pathlib, sys
 spec = importlib.util.spec_from_file_location("ct", pathlib.Path(sys.argv[1]).parents[2] / "check_terraform.py")
 ct = importlib.util.module_from_spec(spec)
 sys.modules["hcl2"] = type(sys)("hcl2")  # render_template needs no HCL parser
 spec.loader.exec_module(ct)
 text = pathlib.Path(sys.argv[1]).read_text()
-out = ct.render_template(text, {"access_url": sys.argv[3], "release_url": "http://127.0.0.1:9/none", "linux_user": "caatest"})
+out = ct.render_template(text, {"access_url": sys.argv[3], "release_url": "http://127.0.0.1:9/none",
+                                "version": "0.1.0", "sha256_amd64": sys.argv[4], "sha256_arm64": sys.argv[4],
+                                "watch": "1m", "linux_user": "caatest"})
 pathlib.Path(sys.argv[2]).write_text(out)
 PY
     chmod 755 "$dir/per-boot.sh"
@@ -129,5 +134,38 @@ STUB
     wait "$SIM_PID" 2>/dev/null || true
     SIM_PID=""
 done
+# A pin that the download does not match (here: the curl stub fails, as a download that
+# never comes): with no binary installed yet, nothing is installed and the script stops.
+dir="$WORK/wrong-pin"
+mkdir -p "$dir/fakebin"
+printf '#!/bin/sh\nexit 7\n' >"$dir/fakebin/curl"
+chmod 755 "$dir/fakebin/curl"
+python3 - "$HERE/terraform/aws-multi-agent/coder-agents.sh.tftpl" "$dir/per-boot.sh" <<'PY'
+import importlib.util, pathlib, sys
+spec = importlib.util.spec_from_file_location("ct", pathlib.Path(sys.argv[1]).parents[2] / "check_terraform.py")
+ct = importlib.util.module_from_spec(spec)
+sys.modules["hcl2"] = type(sys)("hcl2")
+spec.loader.exec_module(ct)
+out = ct.render_template(pathlib.Path(sys.argv[1]).read_text(), {
+    "access_url": "http://127.0.0.1:9/", "release_url": "http://127.0.0.1:9/none", "version": "0.1.0",
+    "sha256_amd64": "0" * 64, "sha256_arm64": "0" * 64, "watch": "1m", "linux_user": "caatest"})
+pathlib.Path(sys.argv[2]).write_text(out)
+PY
+chmod 755 "$dir/per-boot.sh"
+rc=0
+PATH="$dir/fakebin:$PATH" unshare --mount --propagation private bash -c '
+    mount -t tmpfs none /usr/local/bin
+    "$1/per-boot.sh" 2>"$1/stderr"
+    rc=$?
+    ls /usr/local/bin >"$1/installed"
+    exit $rc' _ "$dir" || rc=$?
+if [ "$rc" = 1 ] && grep -q "not the pinned SHA-256; not installed" "$dir/stderr" && [ ! -s "$dir/installed" ]; then
+    passed=$((passed + 1))
+    echo "wrong pin: ok: nothing installed, the script stopped (exit 1) and said why"
+else
+    failed=$((failed + 1))
+    echo "wrong pin: FAILED: exit $rc, installed: $(cat "$dir/installed"), stderr: $(cat "$dir/stderr")"
+fi
+
 echo "per-boot script: $passed passed, $failed failed"
 [ "$failed" = 0 ]

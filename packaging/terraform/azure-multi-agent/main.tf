@@ -20,10 +20,35 @@ terraform {
   }
 }
 
+# The release: built with packaging/release.sh and hosted by you (the URL is a
+# placeholder). The SHA-256 of each static binary is in the release's SHA256SUMS;
+# a VM installs only the file with that SHA-256, and a new version and new sums
+# here upgrade every VM at its next boot.
 variable "coder_agent_auth_release_url" {
   description = "Base URL that serves coder-agent-auth-linux-amd64 and coder-agent-auth-linux-arm64 (static binaries)."
   type        = string
   default     = "https://releases.example.com/coder-agent-auth/v0.1.0"
+}
+
+variable "coder_agent_auth_version" {
+  description = "The coder-agent-auth version at coder_agent_auth_release_url."
+  type        = string
+  default     = "0.1.0"
+}
+
+variable "coder_agent_auth_sha256" {
+  description = "SHA-256 of coder-agent-auth-linux-amd64 and -arm64, from the release's SHA256SUMS."
+  type        = object({ amd64 = string, arm64 = string })
+  default = {
+    amd64 = "REPLACE-with-the-sha256-of-coder-agent-auth-linux-amd64"
+    arm64 = "REPLACE-with-the-sha256-of-coder-agent-auth-linux-arm64"
+  }
+}
+
+variable "coder_agent_auth_watch" {
+  description = "How often coder-agent-auth checks each agent's token (--watch); see its docs/lifecycle.md."
+  type        = string
+  default     = "10m"
 }
 
 data "coder_parameter" "location" {
@@ -96,12 +121,16 @@ locals {
   prefix     = "coder-${data.coder_workspace_owner.me.name}-${data.coder_workspace.me.name}"
   linux_user = "coder"
 
-  # Runs at every boot: for each agent, `coder-agent-auth --agent-name NAME`
-  # and then `coder agent` with that token.
+  # Runs at every boot: for each agent, `coder-agent-auth --agent-name NAME
+  # --watch` with `coder agent` as its child, the token kept current.
   per_boot_script = templatefile("${path.module}/coder-agents.sh.tftpl", {
     access_url  = data.coder_workspace.me.access_url
-    release_url = var.coder_agent_auth_release_url
-    linux_user  = local.linux_user
+    release_url  = var.coder_agent_auth_release_url
+    version      = var.coder_agent_auth_version
+    sha256_amd64 = var.coder_agent_auth_sha256.amd64
+    sha256_arm64 = var.coder_agent_auth_sha256.arm64
+    watch        = var.coder_agent_auth_watch
+    linux_user   = local.linux_user
   })
 }
 
