@@ -1,6 +1,7 @@
 //! `coder-agent-auth-sim demo`: the README's first command. A simulated EC2 instance carries two
 //! Coder agents, `main` and `dev`; the real `coder-agent-auth` binary runs against it three
-//! times, and every expectation is checked.
+//! times, then once resident (`--watch`) through a workspace rebuild, and every expectation is
+//! checked.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -106,13 +107,83 @@ fn run_child(bin: &Path, env: &[(&str, String)], args: &[String]) -> std::io::Re
     })
 }
 
-fn show_run(bin_shown: &str, args: &[String], r: &RunResult) {
+/// Run `bin` in the background until `during` has returned, then SIGTERM it:
+/// its output, and what `during` said.
+fn run_resident(
+    bin: &Path,
+    env: &[(&str, String)],
+    args: &[String],
+    during: impl FnOnce() -> bool,
+) -> std::io::Result<(RunResult, bool)> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("CODER_AGENT_AUTH_WATCH")
+        .env_remove("CODER_AGENT_AUTH_ON_CHANGE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let mut out_pipe = child.stdout.take().expect("piped stdout");
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out_pipe.read_to_end(&mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err_pipe.read_to_end(&mut s);
+        s
+    });
+    // Let the first token be stored before the rebuild.
+    std::thread::sleep(Duration::from_millis(500));
+    let said = during();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&out_thread.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_thread.join().unwrap_or_default()).into_owned();
+    Ok((
+        RunResult {
+            code: status.and_then(|s| s.code()),
+            stdout,
+            stderr,
+        },
+        said,
+    ))
+}
+
+fn command_line(bin_shown: &str, args: &[String]) -> String {
     let mut line = format!("$ {bin_shown}");
     for a in args {
         line.push(' ');
         line.push_str(&shell_quote(a));
     }
-    println!("{line}");
+    line
+}
+
+fn show_run(bin_shown: &str, args: &[String], r: &RunResult) {
+    println!("{}", command_line(bin_shown, args));
+    show_output(r);
+}
+
+fn show_output(r: &RunResult) {
     print!("{}", r.stdout);
     if !r.stdout.is_empty() && !r.stdout.ends_with('\n') {
         println!();
@@ -281,6 +352,48 @@ pub(crate) fn run_demo(bin: Option<PathBuf>, keep: bool) -> Result<Vec<String>, 
         stored.push((path, token));
     }
 
+    // 4. Resident: the token kept current through a rebuild while the VM runs.
+    println!();
+    println!("# 4. --watch: stay, and keep main's token current. The workspace is rebuilt while the VM runs");
+    println!("#    (new agents, new tokens): the watcher's next check stores the new token. Then SIGTERM.");
+    let path = token_file("main");
+    let before = std::fs::read_to_string(&path).unwrap_or_default();
+    let args4 = vec![
+        "--agent-name".to_string(),
+        "main".to_string(),
+        "--watch".to_string(),
+        "2s".to_string(),
+        "--token-file".to_string(),
+        tf(&path),
+    ];
+    println!("{} &", command_line(&bin_shown, &args4));
+    let r4 = run_resident(&bin, &env, &args4, || {
+        let build = sim.rebuild();
+        println!("  (the simulated Coder: the workspace is rebuilt, now build {build}; the watcher's output:)");
+        let new = sim.current_token("main").unwrap_or_default();
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if std::fs::read_to_string(&path).unwrap_or_default().trim() == new {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+    .map_err(|e| format!("run {}: {e}", bin.display()))?;
+    show_output(&r4.0);
+    let now = std::fs::read_to_string(&path).unwrap_or_default();
+    checks.check(
+        r4.1,
+        "within the interval, main.token holds the rebuilt workspace's token",
+    );
+    checks.check(
+        now.trim() != before.trim() && now.trim() == sim.current_token("main").unwrap_or_default(),
+        "the new token is not the old one, and it is the one Coder issues now",
+    );
+    checks.check(r4.0.code == Some(143), "exit code 143 after SIGTERM");
+    stored[0].1 = now.trim().to_string();
+
     println!();
     println!("# The token files:");
     for (path, token) in &stored {
@@ -288,7 +401,7 @@ pub(crate) fn run_demo(bin: Option<PathBuf>, keep: bool) -> Result<Vec<String>, 
     }
     checks.check(
         stored.len() == 2 && stored[0].1 != stored[1].1 && !stored[0].1.is_empty(),
-        "the two agents got distinct tokens",
+        "the two agents hold distinct tokens",
     );
     if keep {
         println!(
@@ -308,7 +421,7 @@ pub(crate) fn run(bin: Option<PathBuf>, keep: bool) -> ExitCode {
     match run_demo(bin, keep) {
         Ok(failures) if failures.is_empty() => {
             println!();
-            println!("demo OK: ambiguity reported with exit 3 and both names; main and dev each stored the distinct token Coder issued to them.");
+            println!("demo OK: ambiguity reported with exit 3 and both names; main and dev each stored the token Coder issued to them; a watcher kept main's token current through a rebuild.");
             ExitCode::SUCCESS
         }
         Ok(failures) => {
