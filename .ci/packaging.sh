@@ -134,9 +134,15 @@ for arch in amd64 arm64; do
     diff <(awk '{print $2}' "$WORK/md5sums-$arch" | sort) \
         <(cd "$WORK/x-$arch" && find . -type f -printf '%P\n' | sort) ||
         fail "$deb: md5sums does not list exactly the package's files"
-    for f in copyright changelog.Debian.gz; do
+    for f in copyright changelog.Debian.gz README.md lifecycle.md install.md; do
         [ -s "$WORK/x-$arch/usr/share/doc/coder-agent-auth/$f" ] || fail "$deb has no /usr/share/doc/coder-agent-auth/$f"
     done
+    # The shipped README is the operator's guide, and every link in the shipped docs leads to
+    # a file shipped beside it.
+    cmp "$WORK/x-$arch/usr/share/doc/coder-agent-auth/README.md" docs/operator.md ||
+        fail "$deb: README.md is not docs/operator.md"
+    python3 .ci/docs.py --dir "$WORK/x-$arch/usr/share/doc/coder-agent-auth" ||
+        fail "$deb: a link in the shipped docs leads nowhere"
 done
 # lintian: no error and no warning (info and pedantic notes are not failures); what is
 # overridden is justified in packaging/debian/lintian-overrides, shipped in the package.

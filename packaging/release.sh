@@ -268,7 +268,9 @@ fix packaging/rpm/coder-agent-auth.spec (%files, %install) or [package.metadata.
     st="$WORK/tar/$name"
     mkdir -p "$st/man" "$st/completions" "$st/systemd" "$st/examples"
     install -m 0755 "$TARGET_DIR/$triple/release/coder-agent-auth" "$st/coder-agent-auth"
-    install -m 0644 README.md "$st/"
+    # The operator's guide as README.md, and the docs it links to beside it (as in the packages).
+    install -m 0644 docs/operator.md "$st/README.md"
+    for f in docs/*.md; do [ "$f" = docs/operator.md ] || install -m 0644 "$f" "$st/"; done
     install -m 0644 target/dist/man/*.1 "$st/man/"
     install -m 0644 target/dist/completions/* "$st/completions/"
     install -m 0644 packaging/systemd/*.service "$st/systemd/"
