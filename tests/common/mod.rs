@@ -287,7 +287,24 @@ pub fn http_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<
 /// Run and also report the child's peak RSS in KiB (from wait4), which is the
 /// binary's own, not this test process's. The child is reaped by wait4 itself.
 #[allow(clippy::zombie_processes)]
-pub fn run_measured(mut c: Command) -> (Run, u64) {
+pub fn run_measured(c: Command) -> (Run, u64) {
+    let (r, usage) = run_with_usage(c);
+    (r, usage.ru_maxrss as u64)
+}
+
+/// The CPU time (user + system) a finished child used.
+pub fn cpu_time(usage: &libc::rusage) -> std::time::Duration {
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec as u64)
+            + std::time::Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Run `c` to its end: what a user sees, and the child's resource usage (wait4,
+/// which also reaps it).
+#[allow(clippy::zombie_processes)]
+pub fn run_with_usage(mut c: Command) -> (Run, libc::rusage) {
     use std::io::Read;
     let mut child = c
         .stdout(Stdio::piped())
@@ -320,6 +337,6 @@ pub fn run_measured(mut c: Command) -> (Run, u64) {
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         },
-        usage.ru_maxrss as u64,
+        usage,
     )
 }

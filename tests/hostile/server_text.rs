@@ -482,11 +482,22 @@ fn redaction_cannot_make_a_run_outlast_its_deadline() {
         .args(["--timeout", "3s"])
         .args(many_headers(3700));
     let started = Instant::now();
-    let (r, rss) = run_measured(c);
+    let (r, usage) = run_with_usage(c);
     let took = started.elapsed();
-    assert_eq!(r.code, 3, "{}", r.stderr);
-    assert!(took < Duration::from_secs(3), "took {took:?}");
-    eprintln!("3,700 header values and 15,000 names: {took:?}, peak RSS {rss} KiB");
+    let cpu = cpu_time(&usage);
+    // The work is bounded by its size, not by the clock: CPU time, which a busy machine does
+    // not inflate (the old redactor spent 6.5 s of CPU here in a release build). Exit 3 when
+    // the answer was read within the deadline, 6 when a loaded machine made it pass first.
+    assert!(matches!(r.code, 3 | 6), "{}", r.stderr);
+    assert!(cpu < Duration::from_millis(2500), "{cpu:?} of CPU");
+    assert!(
+        took < Duration::from_secs(3 + 5),
+        "took {took:?}: the deadline was not kept"
+    );
+    eprintln!(
+        "3,700 header values and 15,000 names: {took:?}, {cpu:?} of CPU, peak RSS {} KiB",
+        usage.ru_maxrss
+    );
 }
 
 #[test]
@@ -513,12 +524,23 @@ fn a_64_kib_transient_message_costs_little_per_attempt() {
         .args(["--timeout", "3s"])
         .args(many_headers(3700));
     let started = Instant::now();
-    let r = run(c);
+    let (r, usage) = run_with_usage(c);
     let took = started.elapsed();
+    let cpu = cpu_time(&usage);
     assert_eq!(r.code, 6, "{}", r.stderr);
-    assert!(took < Duration::from_millis(3500), "took {took:?}");
+    assert!(
+        took < Duration::from_secs(3 + 5),
+        "took {took:?}: the deadline was not kept"
+    );
     let attempts = raw.requests().len();
-    assert!(attempts >= 4, "{attempts} attempts in 3 s");
-    eprintln!("a 64 KiB 503 and 3,700 header values: {attempts} attempts in {took:?}");
+    assert!(attempts >= 1, "no attempt");
+    // Per attempt, in CPU time (a busy machine does not inflate it): the old redactor spent
+    // 1.8 s of CPU on each in a release build.
+    let per_attempt = cpu / attempts as u32;
+    assert!(
+        per_attempt < Duration::from_millis(700),
+        "{per_attempt:?} of CPU per attempt"
+    );
+    eprintln!("a 64 KiB 503 and 3,700 header values: {attempts} attempts in {took:?}, {per_attempt:?} of CPU each");
     assert!(r.stderr.len() < 8000, "{} bytes", r.stderr.len());
 }
