@@ -368,7 +368,10 @@ fn html_unescape(s: &str) -> String {
     while let Some(at) = rest.find('&') {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
-        let end = rest[..rest.len().min(12)].find(';');
+        // A reference is short: its `;` within the first 12 bytes (by byte,
+        // since the 12th may be inside a character; `;` is ASCII, so where
+        // it is found is a character boundary).
+        let end = rest.bytes().take(12).position(|b| b == b';');
         let decoded = end.and_then(|end| {
             let name = &rest[1..end];
             let c = match name {
@@ -723,6 +726,23 @@ mod tests {
     use base64::Engine;
 
     const SIG: &str = "kUYOJJ06+WyfH2m0Vn4uNIAkeBkXBD3tYBPkbhDvFjMd2mEcyQQpKEQvUEPmXUo8gD0zQ0n\nU4bTpdHv4ZWeM5kBzXnHDHtvGMW1zjAanAfsEtZVXSOy/aM3K8yVmz2a11hxbmCJ1q\nPg4bjjYpBdFDbH0NCSd3ZmRaq0VVfQJXR8NqqDQ4r0=";
+
+    #[test]
+    fn html_references_are_decoded_and_anything_else_is_kept() {
+        assert_eq!(
+            html_unescape("a&amp;b &lt;&#x41;&#66;&gt; &quot;"),
+            "a&b <AB> \""
+        );
+        assert_eq!(
+            html_unescape("&bogus; & &#xZZ; &amp"),
+            "&bogus; & &#xZZ; &amp"
+        );
+        // Found by fuzzing the answer classifier: the 12th byte after a `&`
+        // inside a character (each é is two bytes) must not panic.
+        let text = format!("&{}x", "\u{e9}".repeat(6));
+        assert_eq!(html_unescape(&text), text);
+        assert_eq!(html_unescape("&\u{e9}\u{e9};&amp;"), "&\u{e9}\u{e9};&");
+    }
 
     #[test]
     fn controls_are_escaped_and_lines_cannot_be_forged() {
