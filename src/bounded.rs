@@ -388,5 +388,10 @@ mod tests {
         assert_eq!(human(CA_CERT_CAP), "4 MiB");
         assert_eq!(human(DMI_CAP), "256 bytes");
         assert_eq!(human(100), "100 bytes");
+        assert_eq!(human(0), "0 bytes");
+        assert_eq!(human(3 << 10), "3 KiB");
+        assert_eq!(human(1536), "1536 bytes");
+        assert_eq!(human((1 << 20) + (1 << 10)), "1025 KiB");
+        assert_eq!(human((1 << 20) + 1), "1048577 bytes");
     }
 }
