@@ -34,6 +34,20 @@ pub enum Reading {
 }
 
 impl Reading {
+    /// What reading a DMI file gave: a missing file is no signal, and a
+    /// root-only one (product_uuid, product_serial as a normal user) is
+    /// unknown, not an error.
+    fn of(read: Result<Vec<u8>, ReadError>) -> Reading {
+        match read {
+            Ok(bytes) => Reading::Value(String::from_utf8_lossy(&bytes).trim().to_string()),
+            Err(ReadError::Io(e)) if e.kind() == ErrorKind::NotFound => Reading::Missing,
+            Err(ReadError::Io(e)) if e.kind() == ErrorKind::PermissionDenied => {
+                Reading::Unreadable("permission denied (root only)".into())
+            }
+            Err(e) => Reading::Unreadable(e.to_string()),
+        }
+    }
+
     fn value(&self) -> Option<&str> {
         match self {
             Reading::Value(v) => Some(v),
@@ -89,15 +103,8 @@ impl DmiSource {
     /// Read one DMI file, `rel` under the root (never leaving `ROOT/sys`).
     pub fn read(&self, rel: &str) -> (String, Reading) {
         let shown = Path::new("/").join(rel).display().to_string();
-        let reading = match crate::bounded::read_beneath(&self.root, rel, crate::bounded::DMI_CAP) {
-            Ok(bytes) => Reading::Value(String::from_utf8_lossy(&bytes).trim().to_string()),
-            Err(ReadError::Io(e)) if e.kind() == ErrorKind::NotFound => Reading::Missing,
-            Err(ReadError::Io(e)) if e.kind() == ErrorKind::PermissionDenied => {
-                Reading::Unreadable("permission denied (root only)".into())
-            }
-            Err(e) => Reading::Unreadable(e.to_string()),
-        };
-        (shown, reading)
+        let read = crate::bounded::read_beneath(&self.root, rel, crate::bounded::DMI_CAP);
+        (shown, Reading::of(read))
     }
 }
 
@@ -443,6 +450,114 @@ mod tests {
             dmi(&[("sys/class/dmi/id/sys_vendor", "Amazon EC2")], true),
             None
         );
+    }
+
+    #[test]
+    fn a_reading_tells_missing_from_root_only_from_broken() {
+        use std::io;
+        let io_err = |kind| Err(ReadError::Io(io::Error::from(kind)));
+        assert_eq!(
+            Reading::of(Ok(b" Amazon EC2\n".to_vec())),
+            Reading::Value("Amazon EC2".into())
+        );
+        assert_eq!(Reading::of(io_err(ErrorKind::NotFound)), Reading::Missing);
+        assert_eq!(
+            Reading::of(io_err(ErrorKind::PermissionDenied)),
+            Reading::Unreadable("permission denied (root only)".into())
+        );
+        // Any other failure is shown as it is, not taken for either.
+        let Reading::Unreadable(why) = Reading::of(io_err(ErrorKind::InvalidData)) else {
+            panic!("an I/O error other than not-found is unreadable");
+        };
+        assert!(!why.contains("permission") && !why.is_empty(), "{why}");
+        assert!(matches!(
+            Reading::of(Err(ReadError::TooLarge { cap: 256 })),
+            Reading::Unreadable(_)
+        ));
+    }
+
+    #[test]
+    fn the_report_shows_each_kind_of_reading_and_the_probes_when_there_were_any() {
+        let aws = Cloud::from_auth("aws").unwrap();
+        let signal = |source: &str, reading, decides| Signal {
+            source: source.into(),
+            reading,
+            decides,
+        };
+        let mut d = Detection {
+            cloud: Some(aws),
+            method: "probe",
+            signals: vec![
+                signal(
+                    "/sys/class/dmi/id/sys_vendor",
+                    Reading::Value(String::new()),
+                    None,
+                ),
+                signal(
+                    "/sys/class/dmi/id/bios_vendor",
+                    Reading::Value("Xen".into()),
+                    None,
+                ),
+                signal("/sys/class/dmi/id/product_uuid", Reading::Missing, None),
+                signal(
+                    "/sys/class/dmi/id/product_serial",
+                    Reading::Unreadable("permission denied (root only)".into()),
+                    None,
+                ),
+            ],
+            probes: vec![Probe {
+                cloud: aws,
+                request: "PUT /latest/api/token".into(),
+                result: "200".into(),
+                decisive: true,
+                elapsed_ms: 3,
+                transient: false,
+            }],
+            notes: vec!["AWS is excluded: nothing".into()],
+            inconclusive: false,
+        };
+        let text = d.render();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+                .split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(
+            text.starts_with("cloud: aws (aws-instance-identity, via probe)\n"),
+            "{text}"
+        );
+        assert_eq!(line("sys_vendor"), "(empty)");
+        assert_eq!(line("bios_vendor"), "\"Xen\"");
+        assert_eq!(line("product_uuid"), "(missing)");
+        assert_eq!(
+            line("product_serial"),
+            "(unreadable: permission denied (root only))"
+        );
+        assert!(
+            text.contains("\nprobes:\n  aws    PUT /latest/api/token : 200 (3 ms)  => aws\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("note: AWS is excluded: nothing\n"), "{text}");
+        d.probes.clear();
+        d.cloud = None;
+        let text = d.render();
+        assert!(text.starts_with("cloud: none detected\n"), "{text}");
+        assert!(!text.contains("probes:"), "no probe, no heading: {text}");
+    }
+
+    #[test]
+    fn only_a_cloud_with_a_deciding_variable_lists_one() {
+        // GCP's GCE_METADATA_HOST is the one variable that decides a cloud;
+        // the others name none, so `detect` lists no variable for them.
+        let vars: Vec<_> = crate::cloud::registry::REGISTRY
+            .iter()
+            .filter_map(|c| c.hint_var().map(|v| (c.id(), v)))
+            .collect();
+        assert_eq!(vars, [("gcp", "GCE_METADATA_HOST")]);
     }
 
     #[test]
