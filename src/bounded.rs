@@ -98,6 +98,7 @@ pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
     if !before.file_type().is_file() {
         return Err(ReadError::NotRegular(kind_name(&before.file_type())));
     }
+    after_check(path.as_os_str());
     let f: File = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
@@ -124,6 +125,28 @@ fn read_open(f: File, cap: u64) -> Result<Vec<u8>, ReadError> {
     }
     Ok(buf)
 }
+
+// Between a check and the open it allowed, where a test swaps what was
+// checked for something else (a FIFO, a link): the open's flags must catch it.
+#[cfg(test)]
+type Swap = Box<dyn FnMut(&std::ffi::OsStr)>;
+
+#[cfg(test)]
+thread_local! {
+    static AFTER_CHECK: std::cell::RefCell<Option<Swap>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+fn after_check(name: &std::ffi::OsStr) {
+    AFTER_CHECK.with(|hook| {
+        if let Some(swap) = hook.borrow_mut().as_mut() {
+            swap(name)
+        }
+    })
+}
+
+#[cfg(not(test))]
+fn after_check(_: &std::ffi::OsStr) {}
 
 /// The last OS error, as an `io::Error`.
 fn os_error() -> ReadError {
@@ -216,6 +239,7 @@ pub fn read_beneath(root: &Path, rel: &str, cap: u64) -> Result<Vec<u8>, ReadErr
                 }
             }
             libc::S_IFDIR if !last => {
+                after_check(&part);
                 dirs.push(open_at(
                     dir,
                     &name,
@@ -223,6 +247,7 @@ pub fn read_beneath(root: &Path, rel: &str, cap: u64) -> Result<Vec<u8>, ReadErr
                 )?);
             }
             libc::S_IFREG if last => {
+                after_check(&part);
                 let fd = open_at(
                     dir,
                     &name,
@@ -281,6 +306,131 @@ pub fn ca_certificates(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::fs::symlink;
+
+    /// `read` run on a thread of its own with `swap` called between each
+    /// check and its open; `None` when it had not ended after 10 s (an open
+    /// that blocked).
+    fn raced<T: Send + 'static>(
+        swap: impl FnMut(&OsStr) + Send + 'static,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            AFTER_CHECK.with(|h| *h.borrow_mut() = Some(Box::new(swap)));
+            let _ = tx.send(read());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+    }
+
+    fn fifo_in_place_of(path: &Path) {
+        fs::remove_file(path).unwrap();
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: c is NUL-terminated.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_after_the_check_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sys_vendor");
+        fs::write(&path, "Amazon EC2\n").unwrap();
+        let (swapped, read) = (path.clone(), path.clone());
+        let got = raced(
+            move |_| fifo_in_place_of(&swapped),
+            move || read_regular(&read, 64),
+        )
+        .expect("the open blocked on a FIFO swapped in after the check");
+        assert!(matches!(got, Err(ReadError::NotRegular(_))), "{got:?}");
+
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("sys/sys_vendor");
+        fs::create_dir(root.path().join("sys")).unwrap();
+        fs::write(&path, "Amazon EC2\n").unwrap();
+        let base = root.path().to_path_buf();
+        let got = raced(
+            move |name| {
+                if name == "sys_vendor" {
+                    fifo_in_place_of(&path)
+                }
+            },
+            move || read_beneath(&base, "sys/sys_vendor", 64),
+        )
+        .expect("the open blocked on a FIFO swapped in after the check");
+        assert!(matches!(got, Err(ReadError::NotRegular(_))), "{got:?}");
+    }
+
+    #[test]
+    fn the_directories_held_open_on_the_way_are_close_on_exec() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("sys/id")).unwrap();
+        fs::write(root.path().join("sys/id/sys_vendor"), "Amazon EC2\n").unwrap();
+        let base = root.path().to_path_buf();
+        let tree = base.clone();
+        let seen = raced(
+            move |name| {
+                if name != "sys_vendor" {
+                    return;
+                }
+                // Every directory on the way is open now: the root, sys, sys/id.
+                let mut held = vec![];
+                for fd in fs::read_dir("/proc/thread-self/fd").unwrap().flatten() {
+                    let Ok(target) = fs::read_link(fd.path()) else {
+                        continue;
+                    };
+                    if !target.starts_with(&tree) {
+                        continue;
+                    }
+                    let info = fs::read_to_string(format!(
+                        "/proc/thread-self/fdinfo/{}",
+                        fd.file_name().to_string_lossy()
+                    ))
+                    .unwrap();
+                    let flags = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("flags:"))
+                        .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+                        .unwrap();
+                    held.push((target, flags & libc::O_CLOEXEC as u32 != 0));
+                }
+                assert_eq!(held.len(), 3, "{held:?}");
+                assert!(held.iter().all(|(_, cloexec)| *cloexec), "{held:?}");
+            },
+            move || read_beneath(&base, "sys/id/sys_vendor", 64),
+        )
+        .expect("the read ended");
+        assert_eq!(seen.unwrap(), b"Amazon EC2\n");
+    }
+
+    #[test]
+    fn a_link_swapped_in_after_the_check_is_not_followed_out() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::create_dir(outside.path().join("id")).unwrap();
+        fs::write(outside.path().join("id/sys_vendor"), "SECRET\n").unwrap();
+        // The file itself, then a directory on the way, becomes a link out.
+        for swapped in ["sys_vendor", "id"] {
+            let root = tempfile::tempdir().unwrap();
+            fs::create_dir_all(root.path().join("sys/id")).unwrap();
+            fs::write(root.path().join("sys/id/sys_vendor"), "Amazon EC2\n").unwrap();
+            let (base, out) = (root.path().to_path_buf(), outside.path().to_path_buf());
+            let inside = base.join("sys/id");
+            let got = raced(
+                move |name| {
+                    if name == swapped && swapped == "id" {
+                        fs::rename(&inside, inside.with_file_name("old")).unwrap();
+                        symlink(out.join("id"), &inside).unwrap();
+                    } else if name == swapped {
+                        fs::remove_file(inside.join(swapped)).unwrap();
+                        symlink(out.join("id/sys_vendor"), inside.join(swapped)).unwrap();
+                    }
+                },
+                move || read_beneath(&base, "sys/id/sys_vendor", 64),
+            )
+            .expect("the read ended");
+            assert!(got.is_err(), "{swapped} swapped for a link: read {got:?}");
+        }
+    }
 
     #[test]
     fn reads_small_regular_files_and_refuses_the_rest() {
