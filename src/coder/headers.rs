@@ -211,10 +211,6 @@ impl Headers {
         Ok(Headers { fixed, command })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.fixed.is_empty() && self.command.is_none()
-    }
-
     /// The fixed values (for redaction).
     pub fn fixed_values(&self) -> impl Iterator<Item = &HeaderValue> {
         self.fixed.iter().map(|(_, v)| v)
@@ -404,6 +400,31 @@ mod tests {
         assert!(csv_record("A=\"b\"").is_err());
         assert!(csv_record("\"A=b").is_err());
         assert!(csv_record("\"A\"x").is_err());
+        // Blank leading lines are skipped; a record ends at \r or \n, also
+        // right after a quoted entry.
+        assert_eq!(csv_record("\r\n\nA=b,C=d\r\nE=f").unwrap(), ["A=b", "C=d"]);
+        assert_eq!(csv_record("\"A=b\"\nC=d").unwrap(), ["A=b"]);
+        assert_eq!(csv_record("\"A=b\"\r").unwrap(), ["A=b"]);
+        assert!(csv_record("A=\"\"b").unwrap_err().contains("bare"));
+    }
+
+    #[test]
+    fn a_csv_error_names_the_column_of_what_is_wrong() {
+        // The column (1-based, in characters) of the offending quote, or of
+        // the last character of an entry left open; commas and doubled
+        // quotes count.
+        for (raw, column) in [
+            ("\"abc", 4),
+            ("A=b,\"x\"\"y", 9),
+            ("\"ab\"x", 4),
+            ("A=b,\"c\"d", 7),
+            ("ab\"c", 3),
+            ("A=b,c\"d", 6),
+            ("é=b,\"c", 6),
+        ] {
+            let e = csv_record(raw).unwrap_err();
+            assert!(e.contains(&format!("(column {column})")), "{raw:?}: {e}");
+        }
     }
 
     #[test]
