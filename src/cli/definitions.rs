@@ -41,9 +41,14 @@ Compared with Coder's own agent:
   coder agent --auth <cloud>-instance-identity --agent-name NAME (Coder v2.33 or later)
   exchanges again on every reconnect and so heals by itself, but it retries every
   error forever without a word (a wrong name or a 409 never shows), a coderd restart makes every
-  agent exchange at once, and a server older than v2.33 ignores the name. This tool says what
-  failed and how to fix it, spreads its checks, refuses servers that ignore names, and keeps the
-  agent on --auth token (its subprocesses never exchange). See the README.
+  agent exchange at once, a server older than v2.33 ignores the name, its exchange can panic
+  during restarts (coder/coder#20704), and its subprocesses exchange again (#21504). This tool
+  says what failed and how to fix it, spreads its checks, refuses servers that ignore names, and
+  keeps the agent on --auth token (its exchange code never runs). We recommend the units
+  coder-agent@NAME with coder-agent-auth@NAME (systemd 247 and later), or coder-agent-watch@NAME
+  on older systemd; Coder's own agent suits a template you control end to end on v2.33.4 or
+  later. The comparison, point by point: /usr/share/doc/coder-agent-auth/lifecycle.md
+  (docs/lifecycle.md in the source).
 
 Proxies:
   The requests to Coder (never those to the metadata service) go through HTTPS_PROXY or

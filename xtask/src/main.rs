@@ -178,8 +178,17 @@ Environment file read by \fBcoder\-agent\-auth@NAME.service\fR and the example
 \fBcoder\-agent@NAME.service\fR (CODER_AGENT_URL=..., optionally CODER_AGENT_AUTH=...).
 .TP
 \fI/lib/systemd/system/coder\-agent\-auth@.service\fR
-Runs the exchange for agent NAME at every boot once enabled:
-\fBsystemctl enable \-\-now coder\-agent\-auth@NAME.service\fR.
+Exchanges for agent NAME at boot and stays (\fB\-\-watch\fR, 10m by default): it keeps
+\fI/run/coder\-agent\-auth/NAME.token\fR current and restarts \fBcoder\-agent@NAME\fR
+when the token changes; \fBsystemctl reload\fR checks at once.
+.TP
+\fI/lib/systemd/system/coder\-agent@.service\fR
+Runs \fBcoder agent \-\-auth token\fR as user coder with that token (systemd 247 and later:
+\fBLoadCredential\fR). \fBsystemctl enable \-\-now coder\-agent@NAME.service\fR enables both.
+.TP
+\fI/lib/systemd/system/coder\-agent\-watch@.service\fR
+For systemd older than 247: one unit, \fBcoder agent\fR as the watcher's child with the
+token in its environment.
 .TP
 \fI/usr/share/doc/coder\-agent\-auth/examples/\fR
 cloud\-init user\-data and Terraform templates for a VM with two agents.
