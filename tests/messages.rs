@@ -598,3 +598,53 @@ fn exchange_with(mut c: std::process::Command, dir: &tempfile::TempDir) -> Run {
     c.arg("--token-file").arg(token_path(dir, "t"));
     run(c)
 }
+
+#[test]
+fn the_log_level_follows_quiet_verbose_and_rust_log() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let with = |args: &[&str], rust_log: Option<&str>| {
+        let mut c = command(&sim, &Cloud::Aws);
+        c.args(args).arg("--token-file").arg(token_path(&dir, "t"));
+        if let Some(v) = rust_log {
+            c.env("RUST_LOG", v);
+        }
+        let r = run(c);
+        let levels: Vec<&str> = ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+            .into_iter()
+            .filter(|l| r.stderr.contains(&format!(" {l} ")))
+            .collect();
+        (r, levels)
+    };
+    // A successful exchange: INFO by default, DEBUG with -v, nothing with -q.
+    let (r, levels) = with(&[], None);
+    assert_eq!((r.code, levels), (0, vec!["INFO"]), "{r:?}");
+    let (r, levels) = with(&["-v"], None);
+    assert!(
+        r.code == 0 && levels.contains(&"DEBUG") && !levels.contains(&"TRACE"),
+        "{r:?}"
+    );
+    let (r, levels) = with(&["-q"], None);
+    assert_eq!((r.code, levels), (0, vec![]), "{r:?}");
+    // RUST_LOG wins over the default when it says something, and is
+    // ignored when it is blank.
+    let (r, levels) = with(&[], Some("debug"));
+    assert!(r.code == 0 && levels.contains(&"DEBUG"), "{r:?}");
+    let (r, levels) = with(&[], Some("off"));
+    assert_eq!((r.code, levels), (0, vec![]), "{r:?}");
+    let (r, levels) = with(&[], Some("  "));
+    assert_eq!((r.code, levels), (0, vec!["INFO"]), "{r:?}");
+
+    // A refusal: -q shows the error with its fix and no other line; -qq
+    // logs nothing, and the outcome (the error and its fix) is still printed.
+    let (r, _) = with(&["-q", "--agent-name", "nosuch"], None);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("fix:") && !r.stderr.contains(" INFO "),
+        "{r:?}"
+    );
+    let (r, _) = with(&["-qq", "--agent-name", "nosuch"], None);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.starts_with("coder-agent-auth: error: "), "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 2, "the error and its fix: {r:?}");
+}

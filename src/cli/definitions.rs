@@ -153,7 +153,7 @@ pub struct CommonArgs {
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
 
-    /// Less log output (-q errors only, -qq nothing).
+    /// Less log output (-q errors only, -qq no log line; a run that fails still prints its error).
     #[arg(short, long, action = ArgAction::Count)]
     pub quiet: u8,
 
