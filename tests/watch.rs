@@ -408,8 +408,18 @@ fn a_refusal_while_resident_keeps_the_token_and_says_the_fix() {
         },
         1,
     ));
-    wait_until(20, "the three refusals and a good check after them", || {
-        exchanges(&sim) >= 5
+    // The template no longer has an agent by this name (coderd's words).
+    sim.add_fault(Fault::coder(
+        FaultKind::Status {
+            status: 404,
+            content_type: "application/json".into(),
+            body: r#"{"message":"No agent found with instance ID \"x\" and name \"main\"."}"#
+                .into(),
+        },
+        1,
+    ));
+    wait_until(30, "the four refusals and a good check after them", || {
+        exchanges(&sim) >= 6
     });
     assert_eq!(read(&file), token, "the token file is untouched");
     let r = w.stop(libc::SIGTERM);
@@ -425,7 +435,13 @@ fn a_refusal_while_resident_keeps_the_token_and_says_the_fix() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.matches("fix: ").count() >= 3, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("Coder rejected the agent name: No agent found"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.matches("fix: ").count() >= 4, "{}", r.stderr);
 }
 
 #[test]
