@@ -486,14 +486,19 @@ fn redaction_cannot_make_a_run_outlast_its_deadline() {
     let took = started.elapsed();
     let cpu = cpu_time(&usage);
     // The work is bounded by its size, not by the clock: CPU time, which a busy machine does
-    // not inflate (the old redactor spent 6.5 s of CPU here in a release build). Exit 3 when
-    // the answer was read within the deadline, 6 when a loaded machine made it pass first.
+    // not inflate (the old redactor spent 6.5 s of CPU here in a release build), and under
+    // the 3 s deadline, so a machine with a CPU free ends the run within it. Exit 3 when the
+    // answer was read within the deadline (what is left is that bounded work, whose wall time
+    // a loaded machine stretches: 8.8 s at load 11 on 2 CPUs), 6 when a loaded machine made
+    // the deadline pass first: then the deadline cut the run.
     assert!(matches!(r.code, 3 | 6), "{}", r.stderr);
     assert!(cpu < Duration::from_millis(2500), "{cpu:?} of CPU");
-    assert!(
-        took < Duration::from_secs(3 + 5),
-        "took {took:?}: the deadline was not kept"
-    );
+    if r.code == 6 {
+        assert!(
+            took < Duration::from_secs(3 + 5),
+            "took {took:?}: the deadline was not kept"
+        );
+    }
     eprintln!(
         "3,700 header values and 15,000 names: {took:?}, {cpu:?} of CPU, peak RSS {} KiB",
         usage.ru_maxrss
