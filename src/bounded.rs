@@ -404,6 +404,30 @@ mod tests {
     }
 
     #[test]
+    fn what_is_not_a_regular_file_is_named_for_what_it_is() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("sys/id/dir")).unwrap();
+        fs::write(root.path().join("sys/id/file"), "x").unwrap();
+        let fifo = CString::new(root.path().join("sys/id/fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: fifo is NUL-terminated.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let read = |rel| read_beneath(root.path(), rel, 64);
+        assert!(matches!(
+            read("sys/id/fifo"),
+            Err(ReadError::NotRegular("a FIFO (named pipe)"))
+        ));
+        assert!(matches!(
+            read("sys/id/dir"),
+            Err(ReadError::NotRegular("a directory"))
+        ));
+        // On the way, anything but a directory is ENOTDIR, as the kernel says.
+        let Err(ReadError::Io(e)) = read("sys/id/file/x") else {
+            panic!("a file on the way is not a directory");
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    }
+
+    #[test]
     fn a_link_swapped_in_after_the_check_is_not_followed_out() {
         let outside = tempfile::tempdir().unwrap();
         fs::create_dir(outside.path().join("id")).unwrap();
