@@ -273,6 +273,7 @@ def run(a, work):
         step("building the tests once")
         subprocess.run(
             ["cargo", "nextest", "run", "--no-run", "--package", "coder-agent-auth",
+             *(["--cargo-profile", config["profile"]] if "profile" in config else []),
              *config.get("additional_cargo_args", [])],
             cwd=ROOT, check=True,
         )

@@ -360,18 +360,22 @@ mod tests {
         assert!(!alive(pid), "member {pid} outlived the dropped group");
     }
 
+    /// A loop that waits about a minute, then ends: were this test killed
+    /// before it stops the group (a test runner's fail-fast), the loop would
+    /// otherwise fork `sleep` twenty times a second for ever.
+    const BOUNDED_LOOP: &str = "i=0; while [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done";
+
     #[tokio::test]
     async fn stop_waits_for_a_graceful_exit_then_kills() {
         let mut cmd = Command::new(SHELL);
         cmd.arg("-c")
-            .arg("trap 'exit 7' TERM; while :; do sleep 0.05; done");
+            .arg(format!("trap 'exit 7' TERM; {BOUNDED_LOOP}"));
         let mut g = Group::spawn(cmd).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let status = g.stop(libc::SIGTERM, Duration::from_secs(5)).await.unwrap();
         assert_eq!(status.code(), Some(7), "the TERM trap ran");
         let mut cmd = Command::new(SHELL);
-        cmd.arg("-c")
-            .arg("trap '' TERM; while :; do sleep 0.05; done");
+        cmd.arg("-c").arg(format!("trap '' TERM; {BOUNDED_LOOP}"));
         let mut g = Group::spawn(cmd).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = Instant::now();

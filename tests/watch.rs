@@ -489,7 +489,8 @@ fn sigterm_reaches_the_command_and_its_whole_group() {
         .arg("/bin/sh")
         .arg("-c")
         .arg(format!(
-            "sleep 3007 & echo $! > {g}; trap 'echo TERM >> {s}; exit 0' TERM; while :; do sleep 0.05; done",
+            "sleep 3007 & echo $! > {g}; trap 'echo TERM >> {s}; exit 0' TERM; \
+             i=0; while [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done",
             g = grandchild.display(),
             s = said.display()
         ));
