@@ -493,6 +493,45 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_says_it_is_smaller_than_it_is_is_still_capped() {
+        // procfs (as sysfs) gives a size that is not what a file holds (0
+        // here): the cap holds on what is read, not on what stat says.
+        let status = Path::new("/proc/self/status");
+        assert_eq!(fs::metadata(status).unwrap().len(), 0);
+        assert!(matches!(
+            read_regular(status, 16),
+            Err(ReadError::TooLarge { cap: 16 })
+        ));
+        assert!(read_regular(status, 1 << 20).unwrap().starts_with(b"Name:"));
+    }
+
+    #[test]
+    fn forty_links_in_a_row_are_followed_and_a_forty_first_is_a_loop() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        let sys = root.path().join("sys");
+        fs::create_dir(&sys).unwrap();
+        fs::write(sys.join("file"), "x").unwrap();
+        // {p}1 -> {p}2 -> … -> {p}n -> file: n links, as Linux allows 40.
+        let chain = |p: &str, n: usize| {
+            for i in 1..=n {
+                let target = if i == n {
+                    "file".to_string()
+                } else {
+                    format!("{p}{}", i + 1)
+                };
+                symlink(target, sys.join(format!("{p}{i}"))).unwrap();
+            }
+        };
+        chain("a", LINKS_MAX);
+        assert_eq!(read_beneath(root.path(), "sys/a1", 8).unwrap(), b"x");
+        chain("b", LINKS_MAX + 1);
+        assert!(
+            matches!(read_beneath(root.path(), "sys/b1", 8), Err(ReadError::Io(e)) if e.raw_os_error() == Some(libc::ELOOP))
+        );
+    }
+
+    #[test]
     fn a_file_under_a_root_is_read_without_leaving_it() {
         use std::os::unix::fs::symlink;
         let outside = tempfile::tempdir().unwrap();

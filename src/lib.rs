@@ -102,3 +102,23 @@ pub mod parsers {
         Some((v, text))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parsers::identity_summary;
+
+    #[test]
+    fn the_fuzzed_identity_summary_is_the_identity_commands() {
+        let doc = r#"{"instanceId":"i-0abc123","region":"eu-west-1","accountId":"1234"}"#;
+        let fields = [("document", doc), ("signature", "c2lnbmF0dXJl")];
+        let (v, text) = identity_summary("aws", &fields, false).expect("aws is registered");
+        assert_eq!(v["cloud"], "aws");
+        assert_eq!(v["document"]["instanceId"], "i-0abc123");
+        assert_eq!(v["signature_bytes"], 12);
+        assert!(v.get("raw").is_none());
+        assert!(text.contains("i-0abc123"), "{text}");
+        let (v, _) = identity_summary("aws-instance-identity", &fields, true).unwrap();
+        assert_eq!(v["raw"]["signature"], "c2lnbmF0dXJl");
+        assert!(identity_summary("openstack", &fields, false).is_none());
+    }
+}
