@@ -420,6 +420,29 @@ mod tests {
             read("sys/id/dir"),
             Err(ReadError::NotRegular("a directory"))
         ));
+        let _sock =
+            std::os::unix::net::UnixListener::bind(root.path().join("sys/id/sock")).unwrap();
+        assert!(matches!(
+            read("sys/id/sock"),
+            Err(ReadError::NotRegular("a socket"))
+        ));
+        let dev = |rel| read_beneath(Path::new("/"), rel, 64);
+        assert!(matches!(
+            dev("dev/null"),
+            Err(ReadError::NotRegular("a character device"))
+        ));
+        // A block device, where the machine has one (loop devices, disks).
+        let block = fs::read_dir("/dev").unwrap().flatten().find(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            e.file_type().is_ok_and(|t| t.is_block_device())
+        });
+        if let Some(b) = block {
+            let rel = format!("dev/{}", b.file_name().to_string_lossy());
+            assert!(matches!(
+                dev(&rel),
+                Err(ReadError::NotRegular("a block device"))
+            ));
+        }
         // On the way, anything but a directory is ENOTDIR, as the kernel says.
         let Err(ReadError::Io(e)) = read("sys/id/file/x") else {
             panic!("a file on the way is not a directory");
