@@ -237,8 +237,7 @@ pub async fn detect(src: &DmiSource, client: &MetadataClient, endpoints: &Endpoi
         .iter()
         .filter(|s| s.disabled_by.is_none())
         .count();
-    let inconclusive =
-        cloud.is_none() && (probes.len() < probed || probes.iter().any(|p| p.transient));
+    let inconclusive = cloud.is_none() && inconclusive(&probes, probed);
     Detection {
         cloud,
         method: if cloud.is_some() { "probe" } else { "none" },
@@ -247,6 +246,13 @@ pub async fn detect(src: &DmiSource, client: &MetadataClient, endpoints: &Endpoi
         notes,
         inconclusive,
     }
+}
+
+/// Whether probes that decided nothing are worth another try: one of the
+/// `probed` services did not finish (the phase cut it), or its answer was
+/// transient (no answer in time, 429, 5xx).
+fn inconclusive(probes: &[Probe], probed: usize) -> bool {
+    probes.len() < probed || probes.iter().any(|p| p.transient)
 }
 
 impl Detection {
@@ -344,6 +350,80 @@ mod tests {
         detect_dmi(&DmiSource::new(t.path()), &endpoints(aws_disabled))
             .0
             .map(|c| c.id())
+    }
+
+    /// A metadata service on loopback that answers `status`, with no body,
+    /// to every request.
+    fn answering(status: u16) -> url::Url {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        url::Url::parse(&format!("http://{addr}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn busy_services_leave_detection_to_be_tried_again_and_refusals_do_not() {
+        let no_dmi = tree(&[]);
+        let client = MetadataClient::new().unwrap();
+        for (status, again) in [
+            (503, true),
+            (500, true),
+            (599, true),
+            (429, true),
+            (404, false),
+            (403, false),
+            (600, false),
+        ] {
+            let base = answering(status);
+            let endpoints = Endpoints::resolve(Some(&base), &env(&[])).unwrap();
+            let d = detect(&DmiSource::new(no_dmi.path()), &client, &endpoints).await;
+            assert_eq!(d.cloud, None, "{status}");
+            assert_eq!(d.method, "none");
+            assert_eq!(d.inconclusive, again, "{status}");
+            let ids: Vec<&str> = endpoints.sites().iter().map(|s| s.cloud.id()).collect();
+            let summary = ids
+                .iter()
+                .map(|id| format!("{id}: answered {status}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            assert_eq!(d.probes_summary(), summary);
+        }
+    }
+
+    #[test]
+    fn probes_the_phase_cut_are_worth_another_try() {
+        let probe = |transient| Probe {
+            cloud: Cloud::from_auth("aws").unwrap(),
+            request: "GET x".into(),
+            result: "answered 404".into(),
+            decisive: false,
+            elapsed_ms: 1,
+            transient,
+        };
+        assert!(!inconclusive(&[probe(false), probe(false)], 2));
+        assert!(inconclusive(&[probe(false)], 2), "one was cut");
+        assert!(inconclusive(&[], 3), "all were cut");
+        assert!(inconclusive(&[probe(false), probe(true)], 2));
+        let none = Detection {
+            cloud: None,
+            method: "none",
+            signals: vec![],
+            probes: vec![],
+            notes: vec![],
+            inconclusive: true,
+        };
+        assert_eq!(none.probes_summary(), "none finished within 2 s");
     }
 
     #[test]

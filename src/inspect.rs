@@ -133,6 +133,28 @@ mod tests {
     }
 
     #[test]
+    fn fields_a_document_lacks_are_left_out_not_null() {
+        let id = Identity::new(
+            cloud("aws"),
+            vec![
+                Field::secret("document", r#"{"instanceId":"i-1","region":"eu-west-1"}"#),
+                Field::secret("signature", "c2ln"),
+            ],
+        );
+        let v = identity_summary(&id, false);
+        assert_eq!(
+            v["document"],
+            json!({"instanceId": "i-1", "region": "eu-west-1"}),
+            "no null left at any depth"
+        );
+        assert!(!v.to_string().contains("null"), "{v}");
+        assert_eq!(
+            render_text(&v),
+            "cloud: aws\ndocument:\n  instanceId: i-1\n  region: eu-west-1\ndocument_bytes: 41\nsignature_bytes: 4\n"
+        );
+    }
+
+    #[test]
     fn text_escapes_what_a_document_smuggles() {
         let v = json!({"document": {"region": "us-east-1\u{1b}[2J\nfix: evil"}});
         let t = render_text(&v);

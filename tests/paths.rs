@@ -93,7 +93,10 @@ fn ca_cert_must_be_a_small_regular_pem_file_whatever_the_scheme() {
     fs::File::create(&big).unwrap().set_len(5 << 20).unwrap();
     let junk = dir.path().join("junk.pem");
     fs::write(&junk, "not a certificate\n").unwrap();
-    let cases: [(PathBuf, &str); 6] = [
+    // Beneath a file: an error other than "missing" is said as the OS says it.
+    let under_a_file = junk.join("ca.pem");
+    let cases: [(PathBuf, &str); 7] = [
+        (under_a_file, "Not a directory"),
         (PathBuf::from("/dev/zero"), "character device"),
         (fifo, "FIFO"),
         (dir.path().to_path_buf(), "directory"),

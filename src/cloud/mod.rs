@@ -380,3 +380,28 @@ pub(crate) mod test_env {
         MapEnv(pairs.iter().copied().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cloud_debugs_as_its_id_and_displays_as_its_name() {
+        for (id, name) in [("aws", "AWS"), ("gcp", "GCP"), ("azure", "Azure")] {
+            let c = Cloud::from_auth(id).unwrap();
+            assert_eq!(format!("{c:?}"), id);
+            assert_eq!(c.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn only_a_provider_that_reads_its_identity_has_a_refusal_note() {
+        // GCP and Azure keep the trait's default: nothing in their identity
+        // explains a refusal. (AWS names a region coderd lacks: aws.rs.)
+        for (id, field) in [("gcp", "json_web_token"), ("azure", "signature")] {
+            let c = Cloud::from_auth(id).unwrap();
+            let identity = Identity::new(c, vec![Field::secret(field, "x")]);
+            assert_eq!(c.provider().refusal_note(&identity), None, "{id}");
+        }
+    }
+}
