@@ -288,6 +288,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn output_in_pieces_is_capped_on_its_sum() {
+        // 40 bytes, then 100 later: 140 in all, under the cap of 1,024.
+        let out = run_shell(
+            "printf '%040d' 0; sleep 0.2; printf '%0100d' 0",
+            &[],
+            LIMITS,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.stdout.len(), 140);
+        // The cap itself is allowed; one byte more is not.
+        let cap = LIMITS.stdout_cap;
+        let exactly = format!("head -c {cap} /dev/zero");
+        let out = run_shell(&exactly, &[], LIMITS).await.unwrap();
+        assert_eq!(out.stdout.len(), cap);
+        let over = format!("head -c {} /dev/zero", cap + 1);
+        let e = run_shell(&over, &[], LIMITS).await.unwrap_err();
+        assert!(matches!(e, RunError::TooMuchOutput), "{e:?}");
+    }
+
+    #[tokio::test]
     async fn a_hung_command_is_killed_with_everything_it_started() {
         let limits = Limits {
             time: Duration::from_millis(500),
@@ -351,6 +372,11 @@ mod tests {
         }
         let pid: u32 = line.trim().parse().unwrap();
         let leader = g.id();
+        assert_eq!(
+            Some(leader),
+            g.child_mut().id(),
+            "the group is the leader's"
+        );
         assert!(alive(pid) && alive(leader));
         drop(g);
         let until = Instant::now() + Duration::from_secs(5);
