@@ -725,6 +725,84 @@ mod tests {
     use super::*;
     use base64::Engine;
 
+    /// A fixed pseudo-random sequence (xorshift64*), so the fingerprint
+    /// tests see the same windows every run.
+    fn words(mut x: u64, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fingerprints_are_splitmix64_over_the_words() {
+        // Known answers from a Python rendering of the same steps (the length
+        // xor the golden ratio, then per little-endian word: xor, add the
+        // golden ratio, Stafford's Mix13), which the rest of the tests trust.
+        assert_eq!(fingerprint(b""), 0x9e37_79b9_7f4a_7c15);
+        assert_eq!(fingerprint(b"a"), 0xc305_b552_73f0_9a3d);
+        assert_eq!(fingerprint(b"coder-agent-auth"), 0x8563_687a_0a67_1c19);
+        assert_eq!(
+            fingerprint(b"eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJjb2RlciJ9"),
+            0x0ef2_8de5_33be_2aa3
+        );
+    }
+
+    #[test]
+    fn windows_that_differ_only_in_their_length_differ_in_fingerprint() {
+        // "abcd" and "abcd\0" fill the same 8-byte word: the length tells them apart.
+        let mut seen = std::collections::HashSet::new();
+        for base in [&b""[..], b"a", b"abcd", b"0123456789abcdef"] {
+            for zeros in 0..=64 {
+                let mut w = base.to_vec();
+                w.resize(base.len() + zeros, 0);
+                assert!(seen.insert(fingerprint(&w)), "{base:?} + {zeros} NUL bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn every_bit_of_a_window_moves_every_bit_of_its_fingerprint() {
+        // The strict avalanche criterion, which the promise of "about 2^-64"
+        // rests on: flipping one input bit flips each output bit about half
+        // the time, and every output bit is 1 about half the time.
+        let samples = words(0x5eed, 200);
+        let mut ones = 0u32;
+        for bit in 0..64 {
+            let mut flips = [0u32; 64];
+            for &x in &samples {
+                let a = fingerprint(&x.to_le_bytes());
+                let b = fingerprint(&(x ^ (1 << bit)).to_le_bytes());
+                for (out, f) in flips.iter_mut().enumerate() {
+                    *f += u32::from((a ^ b) >> out & 1 == 1);
+                }
+                if bit == 0 {
+                    ones += a.count_ones();
+                }
+            }
+            for (out, f) in flips.iter().enumerate() {
+                assert!(
+                    (60..=140).contains(f),
+                    "input bit {bit} flipped output bit {out} {f} times in 200"
+                );
+            }
+        }
+        let mean = f64::from(ones) / 200.0;
+        assert!((29.0..=35.0).contains(&mean), "mean popcount {mean}");
+        // Two-word windows: distinct, whatever their first word.
+        let many = words(0xfeed, 20_000);
+        let mut seen = std::collections::HashSet::new();
+        for pair in many.chunks(2) {
+            let mut w = pair[0].to_le_bytes().to_vec();
+            w.extend_from_slice(&pair[1].to_le_bytes());
+            assert!(seen.insert(fingerprint(&w)));
+        }
+    }
+
     const SIG: &str = "kUYOJJ06+WyfH2m0Vn4uNIAkeBkXBD3tYBPkbhDvFjMd2mEcyQQpKEQvUEPmXUo8gD0zQ0n\nU4bTpdHv4ZWeM5kBzXnHDHtvGMW1zjAanAfsEtZVXSOy/aM3K8yVmz2a11hxbmCJ1q\nPg4bjjYpBdFDbH0NCSd3ZmRaq0VVfQJXR8NqqDQ4r0=";
 
     #[test]
