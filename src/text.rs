@@ -739,6 +739,34 @@ mod tests {
     }
 
     #[test]
+    fn what_is_held_already_or_empty_adds_no_batch_and_no_spelling() {
+        let mut r = Redactor::new();
+        r.add_exact("");
+        assert!(r.pending.secrets.is_empty());
+        r.seal();
+        assert!(
+            r.sealed.is_empty(),
+            "nothing to seal: no layer, each costs a search"
+        );
+        r.add_exact("main-x");
+        assert!(r.clean("text").text == "text", "the batch is built");
+        r.add_exact("main-x");
+        r.add_credential("main-x");
+        assert!(
+            r.sealed.is_empty(),
+            "a text held already opens no new batch"
+        );
+        // A one-line value with its newline: as sent, unwrapped, and its line
+        // are two spellings, each searched once.
+        let mut r = Redactor::new();
+        r.add("abcdefghijklmnopqrstuvwxyz\n");
+        assert_eq!(
+            r.pending.forms,
+            ["abcdefghijklmnopqrstuvwxyz\n", "abcdefghijklmnopqrstuvwxyz"]
+        );
+    }
+
+    #[test]
     fn fingerprints_are_splitmix64_over_the_words() {
         // Known answers from a Python rendering of the same steps (the length
         // xor the golden ratio, then per little-endian word: xor, add the
@@ -806,10 +834,27 @@ mod tests {
     const SIG: &str = "kUYOJJ06+WyfH2m0Vn4uNIAkeBkXBD3tYBPkbhDvFjMd2mEcyQQpKEQvUEPmXUo8gD0zQ0n\nU4bTpdHv4ZWeM5kBzXnHDHtvGMW1zjAanAfsEtZVXSOy/aM3K8yVmz2a11hxbmCJ1q\nPg4bjjYpBdFDbH0NCSd3ZmRaq0VVfQJXR8NqqDQ4r0=";
 
     #[test]
+    fn json_escapes_are_decoded_and_anything_else_is_kept() {
+        assert_eq!(
+            unescape(r#"n\n r\r t\t b\b f\f s\/ q\" b\\ u\u0041"#),
+            "n\n r\r t\t b\u{8} f\u{c} s/ q\" b\\ uA"
+        );
+        // Surrogate pairs, at both ends of the range and between.
+        assert_eq!(
+            unescape(r"\ud800\udc00 \ud83d\ude00 \ud801\udc37 \udbff\udfff"),
+            "\u{10000} \u{1f600} \u{10437} \u{10ffff}"
+        );
+        // A lone or broken surrogate, a bad escape, a short one: kept.
+        for kept in [r"\ud83d", r"\ud83dx", r"\ud83d\u0041", r"\q", r"\u12", r"\"] {
+            assert_eq!(unescape(kept), kept.replace(r"\u0041", "A"), "{kept}");
+        }
+    }
+
+    #[test]
     fn html_references_are_decoded_and_anything_else_is_kept() {
         assert_eq!(
-            html_unescape("a&amp;b &lt;&#x41;&#66;&gt; &quot;"),
-            "a&b <AB> \""
+            html_unescape("a&amp;b &lt;&#x41;&#66;&gt; &quot;&apos;"),
+            "a&b <AB> \"'"
         );
         assert_eq!(
             html_unescape("&bogus; & &#xZZ; &amp"),
