@@ -767,6 +767,23 @@ mod tests {
     }
 
     #[test]
+    fn up_to_matches_max_matches_are_withheld_one_by_one_and_past_it_the_whole_text() {
+        // Runs of `a` of 17 lengths, each found wherever it fits in a run of
+        // `a`: 61,700 characters hold sum(61,700 - k + 1) = 2^20 matches.
+        let mut r = Redactor::new();
+        let lengths: Vec<usize> = (6..=21).chain([125]).collect();
+        for &k in &lengths {
+            r.add(&"a".repeat(k));
+        }
+        let matches = |n: usize| lengths.iter().map(|k| n - k + 1).sum::<usize>();
+        assert_eq!(matches(61_700), MATCHES_MAX);
+        let at_max = r.clean(&format!("{}.", "a".repeat(61_700)));
+        assert_eq!(at_max.text, format!("{WITHHELD}."));
+        let past = r.clean(&format!("{}.", "a".repeat(61_701)));
+        assert!(past.text.contains("(the whole text"), "{}", past.text);
+    }
+
+    #[test]
     fn fingerprints_are_splitmix64_over_the_words() {
         // Known answers from a Python rendering of the same steps (the length
         // xor the golden ratio, then per little-endian word: xor, add the
