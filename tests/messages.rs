@@ -3,6 +3,7 @@
 //! `--json`, the `cloud` field of every log line, and the order of `detect`'s
 //! probes.
 
+use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -647,4 +648,45 @@ fn the_log_level_follows_quiet_verbose_and_rust_log() {
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.starts_with("coder-agent-auth: error: "), "{r:?}");
     assert_eq!(r.stderr.lines().count(), 2, "the error and its fix: {r:?}");
+}
+
+#[test]
+fn what_on_change_did_is_logged_whether_it_failed_or_not() {
+    let sim = start(Cloud::Gcp, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Output well past 1 KiB is fine (the cap is 64 KiB); a failure is a
+    // warning with what the script said, and never fails the run.
+    for (script, said, not_said) in [
+        (
+            "head -c 20000 /dev/zero | tr '\\0' x; echo done",
+            "ran --on-change",
+            "--on-change failed",
+        ),
+        (
+            "echo it-went-wrong >&2; exit 3",
+            "--on-change failed (exit status: 3); it said: it-went-wrong",
+            "ran --on-change",
+        ),
+        (
+            "head -c 70000 /dev/zero",
+            "--on-change printed more than 64 KiB",
+            "ran --on-change",
+        ),
+    ] {
+        let mut c = command(&sim, &Cloud::Gcp);
+        c.args([
+            "--agent-name",
+            "main",
+            "-v",
+            "--on-change",
+            script,
+            "--token-file",
+        ])
+        .arg(token_path(&dir, "main"));
+        fs::remove_file(token_path(&dir, "main")).ok();
+        let r = run(c);
+        assert_eq!(r.code, 0, "{script}: {r:?}");
+        assert!(r.stderr.contains(said), "{script}: {}", r.stderr);
+        assert!(!r.stderr.contains(not_said), "{script}: {}", r.stderr);
+    }
 }
