@@ -1183,6 +1183,31 @@ mod tests {
     }
 
     #[test]
+    fn names_that_read_together_make_exactly_one_fragment_are_withheld() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9eyJhdWQiOiJjb2RlciJ9c2lnbmF0dXJl";
+        let mut r = Redactor::new();
+        r.add(secret);
+        // 12 + 12 core characters: one FRAGMENT, no more.
+        let (a, b) = (&secret[..12], &secret[12..FRAGMENT]);
+        assert_eq!(r.withheld_among(&[a, b, "main"]), [true, true, false]);
+        // One character short of a fragment: not a repeat.
+        assert_eq!(
+            r.withheld_among(&[a, &secret[12..FRAGMENT - 1], "main"]),
+            [false, false, false]
+        );
+    }
+
+    #[test]
+    fn a_match_that_ends_where_the_next_name_begins_does_not_take_it_along() {
+        // Names are read joined by NUL: a held value ending in NUL matches a
+        // name and its separator, and ends where the next name begins.
+        let mut r = Redactor::new();
+        r.add("abcdefgh\0");
+        assert_eq!(r.withheld_among(&["abcdefgh", "main"]), [true, false]);
+        assert_eq!(r.withheld_among(&["main", "abcdefgh"]), [false, true]);
+    }
+
+    #[test]
     fn pieces_of_a_secret_read_together_are_found_whatever_is_between_them() {
         let mut r = Redactor::new();
         r.add(SIG);
