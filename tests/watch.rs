@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -338,6 +339,12 @@ fn coder_down_keeps_the_running_command_and_a_new_token_replaces_it_once_coder_a
         "CODER_AGENT_AUTH=token and the token"
     );
     let pid: i32 = fields[0].parse().unwrap();
+    wait_until(10, "two more checks", || exchanges(&sim) >= 3);
+    assert_eq!(
+        read(&seen).lines().count(),
+        1,
+        "an unchanged token leaves the command running"
+    );
 
     sim.set_coder_down(true).unwrap();
     let log_len = w.log().len();
@@ -453,11 +460,14 @@ fn a_command_that_exits_is_started_again_after_an_exchange() {
     c.args(["--agent-name", "main", "--watch", "1h", "--"])
         .arg("/bin/sh")
         .arg("-c")
-        .arg(format!("echo start >> {}; exit 3", starts.display()));
+        .arg(format!("date +%s.%N >> {}; exit 3", starts.display()));
     let w = Resident::start(c);
     // Started, exits, exchange, 1 s, started, exits, exchange, 2 s, started.
     wait_until(20, "three starts", || read(&starts).lines().count() >= 3);
     assert!(exchanges(&sim) >= 3, "an exchange before each start again");
+    let at: Vec<f64> = read(&starts).lines().map(|l| l.parse().unwrap()).collect();
+    assert!(at[1] - at[0] >= 0.95, "waited 1 s: {at:?}");
+    assert!(at[2] - at[1] >= 1.95, "then 2 s: {at:?}");
     let r = w.stop(libc::SIGTERM);
     assert_eq!(r.code, 143);
     assert!(
@@ -474,6 +484,41 @@ fn a_command_that_exits_is_started_again_after_an_exchange() {
     assert!(
         r.stderr.contains("starting it again in 2.0 s"),
         "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_command_that_can_no_longer_be_started_is_tried_again_with_backoff() {
+    let sim = start(Cloud::Aws, &["main"]);
+    let dir = tempfile::tempdir().unwrap();
+    let prog = dir.path().join("agent");
+    let starts = dir.path().join("starts");
+    // It runs once, removes itself and exits: every later start fails.
+    fs::write(
+        &prog,
+        format!(
+            "#!/bin/sh\necho start >> {}\nrm -f \"$0\"\nexit 3\n",
+            starts.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = command(&sim, &Cloud::Aws);
+    c.args(["--agent-name", "main", "--watch", "1h", "--"])
+        .arg(&prog);
+    let w = Resident::start(c);
+    wait_until(20, "a failed start", || {
+        w.log().contains("trying again in 2.0 s")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let r = w.stop(libc::SIGTERM);
+    assert_eq!(r.code, 143, "{r:?}");
+    assert_eq!(read(&starts).lines().count(), 1, "{r:?}");
+    assert_eq!(
+        r.stderr.matches("trying again in").count(),
+        1,
+        "the next start is due 2 s after the failed one: {}",
         r.stderr
     );
 }
