@@ -423,6 +423,29 @@ struct Received {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn an_attempt_cut_in_the_header_command_is_blamed_on_it_until_the_next_begins() {
+        let base = Url::parse("http://127.0.0.1:9/").unwrap();
+        let headers = Headers::parse(None, &[], Some("sleep 3008".into())).unwrap();
+        let client = CoderClient::new(&base, headers, None).unwrap();
+        assert_eq!(client.waiting_on(), None);
+        let secrets = Redactor::new();
+        // The attempt is cut (dropped) while the command runs.
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            client.headers_once(&secrets),
+        )
+        .await;
+        assert!(cut.is_err(), "the command was still running");
+        assert_eq!(client.waiting_on(), Some(Blame::HeaderCommand));
+        client.new_attempt();
+        assert_eq!(
+            client.waiting_on(),
+            None,
+            "a new attempt waits on nothing yet"
+        );
+    }
+
     #[test]
     fn a_url_the_server_chose_is_shown_without_its_query_or_secrets() {
         let mut r = Redactor::new();
