@@ -323,7 +323,7 @@ impl Detection {
 mod tests {
     use super::*;
     use crate::cloud::azure::ASSET_TAG as AZURE_ASSET_TAG;
-    use crate::cloud::test_env::env;
+    use crate::cloud::test_env::{env, serving};
     use std::fs;
 
     fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -352,26 +352,6 @@ mod tests {
             .map(|c| c.id())
     }
 
-    /// A metadata service on loopback that answers `status`, with no body,
-    /// to every request.
-    fn answering(status: u16) -> url::Url {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in listener.incoming() {
-                let Ok(mut s) = s else { return };
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
-            }
-        });
-        url::Url::parse(&format!("http://{addr}")).unwrap()
-    }
-
     #[tokio::test]
     async fn busy_services_leave_detection_to_be_tried_again_and_refusals_do_not() {
         let no_dmi = tree(&[]);
@@ -385,7 +365,7 @@ mod tests {
             (403, false),
             (600, false),
         ] {
-            let base = answering(status);
+            let base = serving(status, vec![]);
             let endpoints = Endpoints::resolve(Some(&base), &env(&[])).unwrap();
             let d = detect(&DmiSource::new(no_dmi.path()), &client, &endpoints).await;
             assert_eq!(d.cloud, None, "{status}");

@@ -278,6 +278,7 @@ impl Cause {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::test_env::serving;
 
     #[test]
     fn the_retry_rule_follows_the_cause() {
@@ -302,30 +303,6 @@ mod tests {
         assert!(!e(Cause::Malformed("m".into())).transient);
     }
 
-    /// A metadata service on loopback that answers 200 with `parts` of
-    /// `x`, written 100 ms apart (so each reaches the client on its own).
-    fn answering_in_parts(parts: Vec<usize>) -> Url {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let total: usize = parts.iter().sum();
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\ncontent-length: {total}\r\nconnection: close\r\n\r\n"
-            );
-            for n in parts {
-                let _ = s.write_all(&vec![b'x'; n]);
-                let _ = s.flush();
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        });
-        Url::parse(&format!("http://{addr}/")).unwrap()
-    }
-
     #[tokio::test]
     async fn an_answer_is_capped_on_the_sum_of_its_parts_the_cap_itself_allowed() {
         let client = MetadataClient::new().unwrap();
@@ -333,13 +310,11 @@ mod tests {
             let req = client.request(Method::GET, url);
             client.send("test", req)
         };
-        let r = get(answering_in_parts(vec![300, 300])).await.unwrap();
+        let r = get(serving(200, vec![300, 300])).await.unwrap();
         assert_eq!(r.body.len(), 600);
-        let r = get(answering_in_parts(vec![BODY_CAP - 10, 10]))
-            .await
-            .unwrap();
+        let r = get(serving(200, vec![BODY_CAP - 10, 10])).await.unwrap();
         assert_eq!(r.body.len(), BODY_CAP);
-        let e = get(answering_in_parts(vec![BODY_CAP - 10, 11]))
+        let e = get(serving(200, vec![BODY_CAP - 10, 11]))
             .await
             .unwrap_err();
         assert!(matches!(e.cause, Cause::TooLarge), "{e}");

@@ -379,6 +379,33 @@ pub(crate) mod test_env {
     pub fn env(pairs: &[(&'static str, &'static str)]) -> MapEnv {
         MapEnv(pairs.iter().copied().collect())
     }
+
+    /// A metadata service on loopback that answers every request with
+    /// `status` and a body of `x` in `parts`, written 100 ms apart (so each
+    /// reaches the client on its own).
+    pub fn serving(status: u16, parts: Vec<usize>) -> url::Url {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let total: usize = parts.iter().sum();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\ncontent-length: {total}\r\nconnection: close\r\n\r\n"
+                );
+                for &n in &parts {
+                    let _ = s.write_all(&vec![b'x'; n]);
+                    let _ = s.flush();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        });
+        url::Url::parse(&format!("http://{addr}/")).unwrap()
+    }
 }
 
 #[cfg(test)]
