@@ -102,6 +102,7 @@ mod tests {
         assert!(crate::process::alive(pid));
         let status = c.stop(libc::SIGTERM).await.unwrap();
         assert_eq!(status.signal(), Some(libc::SIGTERM));
+        assert!(!crate::process::alive(pid), "the id was the command's");
     }
 
     #[test]
