@@ -469,6 +469,31 @@ mod tests {
         assert!(Headers::parse(None, &["A=b\u{7}".into()], None).is_err());
     }
 
+    #[test]
+    fn a_bad_name_is_shown_with_what_is_wrong_with_it_and_a_long_one_is_not() {
+        let bad = |entry: &str| Headers::parse(None, &[entry.into()], None).unwrap_err();
+        // Shown as it is: nothing was trimmed, so the characters are at fault.
+        let e = bad("X(Team)=v");
+        assert!(
+            e.contains("X(Team) is not a valid header name (letters, digits and - only)"),
+            "{e}"
+        );
+        assert!(!e.contains("trim"), "{e}");
+        // Shown trimmed: the spaces around '=' are at fault, and Coder keeps them.
+        let e = bad("X-Team =v");
+        assert!(e.contains("X-Team is not a valid header name"), "{e}");
+        assert!(e.contains("Coder does not trim spaces around '='"), "{e}");
+        // A name with a space inside, or too long, may be a value: not shown.
+        for entry in ["Bearer s3cr3t=v", &format!("{}=v", "k".repeat(65) + "(")] {
+            let e = bad(entry);
+            assert!(
+                e.contains("are not a header name") && e.contains("not shown"),
+                "{e}"
+            );
+            assert!(!e.contains("s3cr3t") && !e.contains("kkkk"), "{e}");
+        }
+    }
+
     #[tokio::test]
     async fn the_command_runs_with_coder_url_and_its_lines_become_headers() {
         let h = Headers::parse(
