@@ -598,6 +598,9 @@ mod tests {
             ("0.0.0.0/0", "http://192.0.2.1", "direct"),
             ("10.0.0.0/33", "http://10.1.2.3", "proxy"),
             ("10.0.0.0/x", "http://10.1.2.3", "proxy"),
+            // Go's ParseCIDR takes digits only; Rust's u8 parser would take "+8".
+            ("10.0.0.0/+8", "http://10.1.2.3", "proxy"),
+            ("10.0.0.0/", "http://10.1.2.3", "proxy"),
             ("2001:db8::/32", "http://[2001:db8:1::5]:3000", "direct"),
             ("2001:db8::/32", "http://[2001:db9::5]", "proxy"),
             ("10.0.0.0/8", "http://[2001:db8::1]", "proxy"),
@@ -896,6 +899,51 @@ mod tests {
         // names may use the same word.
         assert!(!c.iter().any(|f| f == "svc-coder"), "{c:?}");
         assert!(credentials_of(&Url::parse("http://proxy.corp:3128").unwrap()).is_empty());
+        // A password with no user name, and a user name with no password
+        // (whose Basic form is still sent), are credentials too.
+        let c = credentials_of(&Url::parse("http://:s3cr3t@proxy.corp:3128").unwrap());
+        assert!(c.iter().any(|f| f == "s3cr3t"), "{c:?}");
+        let c = credentials_of(&Url::parse("http://agent@proxy.corp:3128").unwrap());
+        for form in ["http://agent@proxy.corp:3128/", "agent:", "YWdlbnQ6"] {
+            assert!(c.iter().any(|f| f == form), "{form}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn host_and_port_split_as_gos_split_host_port() {
+        // net.SplitHostPort (Go's net/ipsock.go): the port follows the last
+        // colon; a bracketed host ends just before it; no other bracket or
+        // colon anywhere.
+        let table: &[(&str, Option<(&str, &str)>)] = &[
+            (
+                "coder.example.com:3000",
+                Some(("coder.example.com", "3000")),
+            ),
+            (":3000", Some(("", "3000"))),
+            ("coder.example.com:", Some(("coder.example.com", ""))),
+            ("[2001:db8::1]:3000", Some(("2001:db8::1", "3000"))),
+            ("[2001:db8::1]:", Some(("2001:db8::1", ""))),
+            // missing port in address
+            ("coder.example.com", None),
+            ("[2001:db8::1]", None),
+            ("[2001:db8::1]3000", None),
+            // too many colons in address
+            ("2001:db8::1", None),
+            ("[2001:db8::1]:1:2", None),
+            // missing ']' in address
+            ("[2001:db8::1:3000", None),
+            // unexpected '[' in address
+            ("[[2001:db8::1]:3000", None),
+            ("a[b:3000", None),
+            ("host:30[00", None),
+            // unexpected ']' in address
+            ("[2001:db8::1]:30]00", None),
+            ("a]b:3000", None),
+            ("host:30]00", None),
+        ];
+        for (s, want) in table {
+            assert_eq!(split_host_port(s), *want, "{s}");
+        }
     }
 
     #[test]
