@@ -369,3 +369,140 @@ fn a_run_that_stores_no_token_leaves_no_directory_it_created() {
     assert_eq!(run(c).code, 0);
     assert!(token(&dir).is_file());
 }
+
+/// The trust rule for `-- COMMAND` (src/sink/exec.rs), seen by a normal user: its own
+/// command runs without a word, one another user owns runs with a warning
+/// (only root refuses it), and the current directory is searched through an
+/// empty PATH entry as the shells do (only root skips it).
+#[test]
+fn a_normal_user_runs_its_own_command_and_is_warned_of_another_users() {
+    if !is_root() {
+        skip(
+            "sink::a_normal_user_runs_its_own_command_and_is_warned_of_another_users",
+            "needs root to switch to the user nobody",
+        );
+        return;
+    }
+    let sim = start(Cloud::Aws, &["main"]);
+    let base = tempfile::Builder::new()
+        .prefix("caa-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = base.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::chown(&bin, Some(65534), Some(65534)).unwrap();
+    let ran = bin.join("ran");
+    let coder = bin.join("coder");
+    fs::write(
+        &coder,
+        format!(
+            "#!/bin/sh\n[ -n \"$CODER_AGENT_TOKEN\" ] && echo \"$1\" > {}\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&coder, fs::Permissions::from_mode(0o755)).unwrap();
+    let as_owner = |uid: u32| std::os::unix::fs::lchown(&coder, Some(uid), Some(uid)).unwrap();
+    let go = |path: &str, cwd: &std::path::Path, word: &str| {
+        let _ = fs::remove_file(&ran);
+        let mut c = command(&sim, &Cloud::Aws);
+        c.env("PATH", path)
+            .current_dir(cwd)
+            .args(["--", "coder", word]);
+        as_nobody(&mut c);
+        let r = run(c);
+        let said = fs::read_to_string(&ran).unwrap_or_default();
+        (r, said)
+    };
+    let on_path = format!("{}:/usr/bin:/bin", bin.display());
+
+    // Its own command, in its own directory: run, no warning.
+    as_owner(65534);
+    let (r, said) = go(&on_path, base.path(), "own");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(said, "own\n", "{r:?}");
+    assert!(!r.stderr.contains("cannot be trusted"), "{}", r.stderr);
+
+    // Found in the current directory through an empty PATH entry.
+    let (r, said) = go(":/usr/bin:/bin", &bin, "cwd");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(said, "cwd\n", "{r:?}");
+
+    // Owned by another user (daemon, uid 1): a warning that names the owner,
+    // and it runs.
+    as_owner(1);
+    let (r, said) = go(&on_path, base.path(), "theirs");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(said, "theirs\n", "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "the command {} of command {} cannot be trusted with the token: it is owned by ",
+            coder.display(),
+            coder.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(coder_requests(&sim).len(), 3);
+}
+
+/// A token directory that its user can no longer search when the token
+/// comes (chmod during the exchange): exit 7, naming the file it could not
+/// create there, why, and the fix.
+#[test]
+fn a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange() {
+    if !is_root() {
+        skip(
+            "sink::a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange",
+            "needs root to switch to the user nobody",
+        );
+        return;
+    }
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::coder(
+        FaultKind::Delay(std::time::Duration::from_millis(1500)),
+        1,
+    )];
+    let sim = Sim::start(cfg);
+    let base = tempfile::Builder::new()
+        .prefix("caa-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mine = base.path().join("mine");
+    fs::create_dir(&mine).unwrap();
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    let token = mine.join("t.token");
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(&token);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    as_nobody(&mut c);
+    let child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while coder_requests(&sim).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o600)).unwrap();
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot create a temporary token file {}/.t.token.tmp-",
+            mine.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("fix: run as a user that may write there"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(sim.tokens().len(), 1, "the token had been issued");
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(fs::read_dir(&mine).unwrap().count(), 0, "nothing was left");
+}

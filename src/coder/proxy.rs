@@ -910,6 +910,18 @@ mod tests {
     }
 
     #[test]
+    fn a_route_through_a_proxy_has_its_credentials_and_a_direct_one_none() {
+        let env = [("HTTPS_PROXY", "http://agent:hunter2@proxy.corp:3128")];
+        let proxied = route_of("https://coder.example.com", &env).unwrap();
+        let c = proxied.credentials();
+        assert!(c.iter().any(|f| f == "hunter2"), "{c:?}");
+        assert_eq!(c, credentials_of(&Url::parse(env[0].1).unwrap()));
+        let direct = route_of("https://localhost", &env).unwrap();
+        assert!(matches!(direct, Route::Direct(_)), "{direct:?}");
+        assert_eq!(direct.credentials(), Vec::<String>::new());
+    }
+
+    #[test]
     fn host_and_port_split_as_gos_split_host_port() {
         // net.SplitHostPort (Go's net/ipsock.go): the port follows the last
         // colon; a bracketed host ends just before it; no other bracket or

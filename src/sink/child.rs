@@ -95,6 +95,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn it_ran_for_as_long_as_it_ran() {
+        let argv: Vec<OsString> = vec!["sleep".into(), "0.3".into()];
+        let mut c = Supervised::start(Path::new("/bin/sleep"), &argv, &Secret::new("t")).unwrap();
+        assert!(c.exited().await.unwrap().success());
+        let ran = c.ran_for();
+        assert!(ran >= Duration::from_millis(300), "{ran:?}");
+        assert!(ran < Duration::from_secs(30), "{ran:?}");
+    }
+
+    #[tokio::test]
     async fn stop_ends_it_with_the_signal() {
         let argv: Vec<OsString> = vec!["sleep".into(), "3005".into()];
         let mut c = Supervised::start(Path::new("/bin/sleep"), &argv, &Secret::new("t")).unwrap();

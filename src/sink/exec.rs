@@ -75,11 +75,10 @@ fn euid() -> u32 {
 /// could swap in a program of their own and be handed the token.
 fn check_trusted(p: &Path, root: bool) -> Result<(), String> {
     let me = euid();
-    let dir = match p.parent() {
-        Some(d) if d.as_os_str().is_empty() => Path::new("."),
-        Some(d) => d,
-        None => Path::new("/"),
-    };
+    // `p` has a '/' and names a file (check_executable came first): a PATH
+    // entry joined with the name, `./name` for an empty entry, or a path as
+    // given. Its parent is never empty, and only "/" (a directory) has none.
+    let dir = p.parent().unwrap_or(Path::new("/"));
     for (what, at, sticky_ok) in [("command", p, false), ("directory", dir, true)] {
         let Ok(m) = fs::metadata(at) else { continue };
         let mode = m.mode() & 0o7777;

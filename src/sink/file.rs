@@ -473,6 +473,16 @@ mod tests {
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
         assert_eq!(fs::read_link(&link).unwrap(), victim);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no temp file");
+        // A link to a file that holds exactly this token is not "unchanged":
+        // it is a link, refused all the same.
+        let holding = dir.path().join("holding");
+        fs::write(&holding, "tok\n").unwrap();
+        fs::remove_file(&link).unwrap();
+        let mut f = TokenFile::prepare(&link).unwrap();
+        symlink(&holding, &link).unwrap();
+        let e = f.store(&Secret::new("tok")).unwrap_err();
+        assert!(e.message().contains("it is a symbolic link now"), "{e:?}");
+        assert_eq!(fs::read_link(&link).unwrap(), holding);
     }
 
     #[test]
