@@ -370,6 +370,64 @@ fn a_run_that_stores_no_token_leaves_no_directory_it_created() {
     assert!(token(&dir).is_file());
 }
 
+/// The directories a run made, one of them removed during the exchange and
+/// made again, and then a store that fails (a file size limit of 0, so the
+/// token cannot be written): every directory the run made is removed, those
+/// of the first preparation too.
+#[test]
+fn a_failed_store_after_the_directory_was_made_again_leaves_none_it_made() {
+    let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
+    cfg.faults = vec![Fault::coder(
+        FaultKind::Delay(std::time::Duration::from_millis(1500)),
+        1,
+    )];
+    let sim = Sim::start(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("there")).unwrap();
+    let deeper = dir.path().join("there/new/deeper");
+    let mut c = command(&sim, &Cloud::Aws);
+    c.arg("--token-file").arg(deeper.join("t.token"));
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    unsafe {
+        c.pre_exec(|| {
+            // Writing past the limit then fails with EFBIG instead of a signal.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &none) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while coder_requests(&sim).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(deeper.is_dir(), "made before the exchange");
+    fs::remove_dir(&deeper).unwrap();
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains("was removed since it was checked"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("File too large"), "{}", r.stderr);
+    assert!(
+        dir.path().join("there").is_dir(),
+        "the existing directory stays"
+    );
+    assert!(
+        !dir.path().join("there/new").exists(),
+        "the directories the run made, before and after, are gone"
+    );
+}
+
 /// The trust rule for `-- COMMAND` (src/sink/exec.rs), seen by a normal user: its own
 /// command runs without a word, one another user owns runs with a warning
 /// (only root refuses it), and the current directory is searched through an

@@ -401,6 +401,24 @@ mod tests {
     }
 
     #[test]
+    fn root_replaces_any_users_file_in_a_sticky_directory_too() {
+        if euid() != 0 {
+            return;
+        }
+        // As the kernel lets root rename over anyone's file there; a normal
+        // user is refused (tests/sink.rs, in_a_sticky_directory_only_ones_own_file_is_replaced).
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        let path = dir.path().join("t.token");
+        fs::write(&path, "old\n").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let mut f = TokenFile::prepare(&path).unwrap();
+        assert!(f.store(&Secret::new("new")).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
+        assert_eq!(fs::metadata(&path).unwrap().uid(), 0, "root's file now");
+    }
+
+    #[test]
     fn a_directory_removed_since_the_check_is_made_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/main.token");
