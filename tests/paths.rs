@@ -4,7 +4,7 @@
 //! command's checks and exit codes.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,22 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::common::*;
 use serde_json::Value;
-
-const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether a root-only test may run. Skips with a message otherwise, but under
-/// CI=true (where the tests run as root) a skip would hide a broken setup: fail.
-fn root_or_skip(test: &str, why: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    crate::common::skip::skip(test, &format!("needs root ({why})"));
-    false
-}
 
 /// Run, but kill the process if it is still running after `limit` (a file read
 /// that blocks forever must fail the test, not hang it).
@@ -49,25 +33,6 @@ fn run_bounded(mut c: Command, limit: Duration) -> Run {
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-}
-
-fn chown(p: &Path, uid: u32) {
-    std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A directory under /tmp that root owns, mode 0755: a safe place for tests
-/// that hand parts of it to nobody.
-fn root_base() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("caa-paths")
-        .tempdir_in("/tmp")
-        .unwrap();
-    chmod(d.path(), 0o755);
-    d
 }
 
 fn names_in(dir: &Path) -> Vec<String> {

@@ -10,24 +10,6 @@ use std::process::Command;
 use crate::common::skip::skip;
 use crate::common::*;
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn as_nobody(c: &mut Command) {
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 #[test]
 fn mode_is_0600_under_a_permissive_umask() {
     let sim = start(Cloud::Aws, &["main"]);
@@ -95,16 +77,14 @@ fn a_read_only_filesystem_fails_with_7() {
 
 #[test]
 fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_write() {
-    if !is_root() {
-        skip("sink::a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_write", "needs root to switch to the user nobody");
+    if !root_or_skip(
+        "sink::a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_write",
+        "to switch to the user nobody",
+    ) {
         return;
     }
     let sim = start(Cloud::Gcp, &["main"]);
-    let base = tempfile::Builder::new()
-        .prefix("caa-nobody")
-        .tempdir_in("/tmp")
-        .unwrap();
-    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let base = root_base();
     let mine = base.path().join("mine");
     fs::create_dir(&mine).unwrap();
     std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
@@ -162,11 +142,10 @@ fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_w
 
 #[test]
 fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
-    if !is_root() {
-        skip(
-            "sink::in_a_sticky_directory_only_ones_own_file_is_replaced",
-            "needs root to switch to the user nobody",
-        );
+    if !root_or_skip(
+        "sink::in_a_sticky_directory_only_ones_own_file_is_replaced",
+        "to switch to the user nobody",
+    ) {
         return;
     }
     // Like /tmp: root's sticky world-writable directory, where a user may not
@@ -241,19 +220,14 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
 
 #[test]
 fn a_directory_this_user_cannot_look_into_is_named() {
-    if !is_root() {
-        skip(
-            "sink::a_directory_this_user_cannot_look_into_is_named",
-            "needs root to switch to the user nobody",
-        );
+    if !root_or_skip(
+        "sink::a_directory_this_user_cannot_look_into_is_named",
+        "to switch to the user nobody",
+    ) {
         return;
     }
     let sim = start(Cloud::Aws, &["main"]);
-    let base = tempfile::Builder::new()
-        .prefix("caa-private")
-        .tempdir_in("/tmp")
-        .unwrap();
-    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let base = root_base();
     let private = base.path().join("private");
     fs::create_dir(&private).unwrap();
     fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
@@ -434,19 +408,14 @@ fn a_failed_store_after_the_directory_was_made_again_leaves_none_it_made() {
 /// empty PATH entry as the shells do (only root skips it).
 #[test]
 fn a_normal_user_runs_its_own_command_and_is_warned_of_another_users() {
-    if !is_root() {
-        skip(
-            "sink::a_normal_user_runs_its_own_command_and_is_warned_of_another_users",
-            "needs root to switch to the user nobody",
-        );
+    if !root_or_skip(
+        "sink::a_normal_user_runs_its_own_command_and_is_warned_of_another_users",
+        "to switch to the user nobody",
+    ) {
         return;
     }
     let sim = start(Cloud::Aws, &["main"]);
-    let base = tempfile::Builder::new()
-        .prefix("caa-nobody")
-        .tempdir_in("/tmp")
-        .unwrap();
-    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let base = root_base();
     let bin = base.path().join("bin");
     fs::create_dir(&bin).unwrap();
     std::os::unix::fs::chown(&bin, Some(65534), Some(65534)).unwrap();
@@ -510,11 +479,10 @@ fn a_normal_user_runs_its_own_command_and_is_warned_of_another_users() {
 /// create there, why, and the fix.
 #[test]
 fn a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange() {
-    if !is_root() {
-        skip(
-            "sink::a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange",
-            "needs root to switch to the user nobody",
-        );
+    if !root_or_skip(
+        "sink::a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange",
+        "to switch to the user nobody",
+    ) {
         return;
     }
     let mut cfg = SimConfig::new(Cloud::Aws, &["main"]);
@@ -523,11 +491,7 @@ fn a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange(
         1,
     )];
     let sim = Sim::start(cfg);
-    let base = tempfile::Builder::new()
-        .prefix("caa-nobody")
-        .tempdir_in("/tmp")
-        .unwrap();
-    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let base = root_base();
     let mine = base.path().join("mine");
     fs::create_dir(&mine).unwrap();
     fs::set_permissions(&mine, fs::Permissions::from_mode(0o700)).unwrap();

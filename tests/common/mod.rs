@@ -6,6 +6,10 @@ use std::process::{Command, Output, Stdio};
 
 pub mod netns;
 pub mod skip;
+pub mod users;
+
+pub use skip::is_root;
+pub use users::{as_nobody, chmod, chown, root_base, root_or_skip, NOBODY};
 
 #[allow(unused_imports)]
 pub use coder_agent_auth_sim::{

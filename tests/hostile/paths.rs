@@ -4,46 +4,12 @@
 //! the token goes only into the directory that was checked.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-
-const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether a root-only test may run: skipped with a message otherwise, but
-/// under CI=true (where the tests run as root) a skip would hide a broken
-/// setup, so it fails.
-fn root_or_skip(test: &str, why: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root ({why}); CI runs as root");
-    }
-    eprintln!("SKIPPED {test}: needs root ({why})");
-    false
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A directory under /tmp that root owns, mode 0755.
-fn root_base() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("caa-hostile")
-        .tempdir_in("/tmp")
-        .unwrap();
-    chmod(d.path(), 0o755);
-    d
-}
 
 /// `detect` (and the exchange's exit 5) under `root`, with probes that a
 /// service which is no cloud's answers at once.
