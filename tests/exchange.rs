@@ -944,10 +944,7 @@ fn sigterm_during_a_retry_wait_ends_the_run_at_once() {
     c.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while coder_requests(&sim).len() < 3 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_coder_requests(&sim, 3, std::time::Duration::from_secs(10));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
     let r: Run = child.wait_with_output().unwrap().into();

@@ -575,10 +575,7 @@ fn sighup_ends_the_run_like_sigterm() {
     c.arg("--token-file").arg(dir.path().join("t.token"));
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = c.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while coder_requests(&sim).len() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_coder_requests(&sim, 2, std::time::Duration::from_secs(10));
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(
@@ -786,10 +783,7 @@ fn a_command_that_vanished_during_the_exchange_exits_127() {
     c.arg("--").arg(&cmd);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = c.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while coder_requests(&sim).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_coder_requests(&sim, 1, std::time::Duration::from_secs(10));
     fs::remove_file(&cmd).unwrap();
     let r: Run = child.wait_with_output().unwrap().into();
     assert_eq!(r.code, 127, "{r:?}");

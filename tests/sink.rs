@@ -87,7 +87,7 @@ fn a_normal_user_works_with_an_explicit_token_file_and_gets_7_where_it_may_not_w
     let base = root_base();
     let mine = base.path().join("mine");
     fs::create_dir(&mine).unwrap();
-    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    chown(&mine, NOBODY);
 
     let mut c = command(&sim, &Cloud::Gcp);
     c.arg("--token-file").arg(mine.join("main.token"));
@@ -155,7 +155,7 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
         .prefix("caa-sticky")
         .tempdir_in("/tmp")
         .unwrap();
-    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    chmod(base.path(), 0o1777);
     let roots = base.path().join("root.token");
     fs::write(&roots, "keep\n").unwrap();
     let mut c = command(&sim, &Cloud::Aws);
@@ -179,7 +179,7 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
     // are refused in a sticky world-writable directory).
     let own_dir = base.path().join("own-dir");
     fs::create_dir(&own_dir).unwrap();
-    std::os::unix::fs::chown(&own_dir, Some(65534), Some(65534)).unwrap();
+    chown(&own_dir, NOBODY);
     let own_link = base.path().join("own-link");
     std::os::unix::fs::symlink(&own_dir, &own_link).unwrap();
     std::os::unix::fs::lchown(&own_link, Some(65534), Some(65534)).unwrap();
@@ -206,7 +206,7 @@ fn in_a_sticky_directory_only_ones_own_file_is_replaced() {
     // Nobody's own file there is replaced.
     let mine = base.path().join("mine.token");
     fs::write(&mine, "old\n").unwrap();
-    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    chown(&mine, NOBODY);
     let mut c = command(&sim, &Cloud::Aws);
     c.arg("--token-file").arg(&mine);
     as_nobody(&mut c);
@@ -230,7 +230,7 @@ fn a_directory_this_user_cannot_look_into_is_named() {
     let base = root_base();
     let private = base.path().join("private");
     fs::create_dir(&private).unwrap();
-    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    chmod(&private, 0o700);
     let mut c = command(&sim, &Cloud::Aws);
     c.arg("--token-file").arg(private.join("sub/t.token"));
     as_nobody(&mut c);
@@ -321,10 +321,7 @@ fn a_run_that_stores_no_token_leaves_no_directory_it_created() {
         c.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let child = c.spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while coder_requests(&sim).len() < 2 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_coder_requests(&sim, 2, std::time::Duration::from_secs(20));
         assert!(
             dir.path().join("there/new/deeper").is_dir(),
             "made before the exchange"
@@ -378,10 +375,7 @@ fn a_failed_store_after_the_directory_was_made_again_leaves_none_it_made() {
         });
     }
     let child = c.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while coder_requests(&sim).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_coder_requests(&sim, 1, std::time::Duration::from_secs(10));
     assert!(deeper.is_dir(), "made before the exchange");
     fs::remove_dir(&deeper).unwrap();
     let r: Run = child.wait_with_output().unwrap().into();
@@ -418,7 +412,7 @@ fn a_normal_user_runs_its_own_command_and_is_warned_of_another_users() {
     let base = root_base();
     let bin = base.path().join("bin");
     fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::chown(&bin, Some(65534), Some(65534)).unwrap();
+    chown(&bin, NOBODY);
     let ran = bin.join("ran");
     let coder = bin.join("coder");
     fs::write(
@@ -429,7 +423,7 @@ fn a_normal_user_runs_its_own_command_and_is_warned_of_another_users() {
         ),
     )
     .unwrap();
-    fs::set_permissions(&coder, fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(&coder, 0o755);
     let as_owner = |uid: u32| std::os::unix::fs::lchown(&coder, Some(uid), Some(uid)).unwrap();
     let go = |path: &str, cwd: &std::path::Path, word: &str| {
         let _ = fs::remove_file(&ran);
@@ -494,8 +488,8 @@ fn a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange(
     let base = root_base();
     let mine = base.path().join("mine");
     fs::create_dir(&mine).unwrap();
-    fs::set_permissions(&mine, fs::Permissions::from_mode(0o700)).unwrap();
-    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    chmod(&mine, 0o700);
+    chown(&mine, NOBODY);
     let token = mine.join("t.token");
     let mut c = command(&sim, &Cloud::Aws);
     c.arg("--token-file").arg(&token);
@@ -503,11 +497,8 @@ fn a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange(
         .stderr(std::process::Stdio::piped());
     as_nobody(&mut c);
     let child = c.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while coder_requests(&sim).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    fs::set_permissions(&mine, fs::Permissions::from_mode(0o600)).unwrap();
+    wait_for_coder_requests(&sim, 1, std::time::Duration::from_secs(10));
+    chmod(&mine, 0o600);
     let r: Run = child.wait_with_output().unwrap().into();
     assert_eq!(r.code, 7, "{r:?}");
     assert!(
@@ -525,6 +516,6 @@ fn a_token_directory_that_can_no_longer_be_searched_is_named_after_the_exchange(
         r.stderr
     );
     assert_eq!(sim.tokens().len(), 1, "the token had been issued");
-    fs::set_permissions(&mine, fs::Permissions::from_mode(0o700)).unwrap();
+    chmod(&mine, 0o700);
     assert_eq!(fs::read_dir(&mine).unwrap().count(), 0, "nothing was left");
 }

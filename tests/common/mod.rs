@@ -110,6 +110,16 @@ pub fn coder_requests(sim: &Sim) -> Vec<Recorded> {
 }
 
 /// Every request Coder received, version reads included.
+/// Wait until `sim` has had `n` requests to Coder, or `limit` has passed:
+/// the moment to act on a run in flight (the caller's assertions then tell
+/// whether it came; a panic here would leave the run's process behind).
+pub fn wait_for_coder_requests(sim: &Sim, n: usize, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while coder_requests(sim).len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 pub fn all_coder_requests(sim: &Sim) -> Vec<Recorded> {
     sim.requests()
         .into_iter()

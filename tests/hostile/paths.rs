@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -289,10 +289,7 @@ fn a_token_directory_swapped_for_a_link_during_the_exchange_gets_no_token() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = c.spawn().unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while coder_requests(&sim).is_empty() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_coder_requests(&sim, 1, std::time::Duration::from_secs(10));
     // The exchange is stalled: swap the checked directory for a link.
     fs::rename(&tokens, base.path().join("tokens.old")).unwrap();
     symlink(&open, &tokens).unwrap();
